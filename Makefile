@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the whole suite).
+# Both create .venv and install what they need on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+DEMO_SECONDS ?= 20
+LINT_PATHS := src tests bench examples scripts
+
+.PHONY: demo test lint typecheck bench-bus bench-metrics clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	rm -rf data/demo
+	$(BIN)/sampan up examples/demo/sampan.yaml $(if $(filter 0,$(DEMO_SECONDS)),,--run-for $(DEMO_SECONDS))
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+bench-bus: $(STAMP)
+	$(BIN)/python bench/bus.py
+
+bench-metrics: $(STAMP)
+	$(BIN)/python bench/metrics.py
+
+clean:
+	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

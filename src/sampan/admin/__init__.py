@@ -1,0 +1,1 @@
+"""The node's admin API (not on the data path)."""

@@ -1,0 +1,1 @@
+"""The event bus: durable topics, consumer groups, retries, dead letters, replay."""

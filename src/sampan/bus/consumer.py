@@ -1,0 +1,253 @@
+"""Runs a handler over one consumer group, the same way on every bus backend.
+
+The backend guarantees that, within a group, only one message per key is leased at a time;
+this runner adds bounded concurrency across keys, batched acks, lease renewal for slow
+handlers, retries through ``nack`` and a graceful stop that hands unstarted work back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from sampan.bus.base import Bus, Delivery, Handler, StartPosition
+from sampan.bus.retry import RetryPolicy
+from sampan.observe.metrics import Metrics
+
+log = logging.getLogger("sampan.bus.consumer")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    concurrency: int = 16
+    """Handlers running at once (always on different keys)."""
+    batch: int = 256
+    """Messages leased per fetch; up to two batches are held at once."""
+    lease_seconds: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    start: StartPosition = "earliest"
+    wait_seconds: float = 1.0
+    """How long one fetch waits for messages before it asks again."""
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Consumer:
+    def __init__(
+        self,
+        bus: Bus,
+        topic: str,
+        group: str,
+        handler: Handler,
+        options: ConsumerOptions | None = None,
+        metrics: Metrics | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.bus = bus
+        self.topic = topic
+        self.group = group
+        self.handler = handler
+        self.options = options or ConsumerOptions()
+        self.name = name or consumer_name()
+        metrics = metrics or Metrics()
+        labels = {"topic": topic, "group": group}
+        self._quartet = metrics.target("group", f"{topic}/{group}")
+        self._acked = metrics.counter("sampan_bus_acked", "Messages acked.", **labels)
+        self._retried = metrics.counter(
+            "sampan_bus_retried", "Handler failures scheduled for retry.", **labels
+        )
+        self._dead = metrics.counter(
+            "sampan_bus_dead_lettered", "Messages moved to the dead-letter topic.", **labels
+        )
+        self._redelivered = metrics.counter(
+            "sampan_bus_redelivered",
+            "Deliveries after the first (retries, expired leases).",
+            **labels,
+        )
+        self._ready: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._held: dict[int, tuple[Delivery, float]] = {}
+        self._to_ack: list[Delivery] = []
+        self._ack_wanted = asyncio.Event()
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self.processed = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.bus.create_group(self.topic, self.group, start=self.options.start)
+        self._room.set()
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"consume:{self.topic}/{self.group}:{i}")
+            for i in range(self.options.concurrency)
+        ]
+        self._tasks = [
+            asyncio.create_task(self._fetch_loop(), name=f"fetch:{self.topic}/{self.group}"),
+            asyncio.create_task(self._ack_loop(), name=f"ack:{self.topic}/{self.group}"),
+            asyncio.create_task(self._renew_loop(), name=f"renew:{self.topic}/{self.group}"),
+        ]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking work; finish what runs (up to ``grace``), hand the rest back."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        fetcher = self._tasks[0] if self._tasks else None
+        if fetcher is not None:
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetcher
+        unstarted: list[Delivery] = []
+        while not self._ready.empty():
+            unstarted.append(self._ready.get_nowait())
+        for d in unstarted:
+            self._held.pop(d.offset, None)
+        for _ in self._workers:
+            self._ready.put_nowait(_STOP)
+        _, still_running = (
+            await asyncio.wait(self._workers, timeout=grace) if self._workers else (set(), set())
+        )
+        for task in still_running:
+            task.cancel()
+        if still_running:
+            await asyncio.gather(*still_running, return_exceptions=True)
+        unstarted.extend(d for d, _ in self._held.values())
+        self._held.clear()
+        await self._flush_acks()
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        if unstarted:
+            with contextlib.suppress(Exception):
+                await self.bus.release(unstarted)
+
+    # -- fetching -----------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        limit = self.options.batch * 2
+        while not self._stopping.is_set():
+            room = limit - len(self._held)
+            if room < self.options.batch // 2 or room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                found = await self.bus.fetch(
+                    self.topic,
+                    self.group,
+                    consumer=self.name,
+                    max_messages=min(room, self.options.batch),
+                    lease_seconds=self.options.lease_seconds,
+                    wait_seconds=self.options.wait_seconds,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fetch from %s/%s failed; retrying", self.topic, self.group)
+                await asyncio.sleep(1.0)
+                continue
+            now = time.monotonic()
+            for d in found:
+                self._held[d.offset] = (d, now)
+                if d.attempt > 1:
+                    self._redelivered.inc()
+                self._ready.put_nowait(d)
+
+    # -- handling -----------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            d = await self._ready.get()
+            if d is _STOP:
+                return
+            started = time.perf_counter()
+            try:
+                await self.handler(d)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._quartet.observe(time.perf_counter() - started, error=True)
+                await self._failed(d, exc)
+            else:
+                self._quartet.observe(time.perf_counter() - started)
+                self._to_ack.append(d)
+                self._ack_wanted.set()
+            self.processed += 1
+
+    async def _failed(self, d: Delivery, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            dead = await self.bus.nack(d, error, self.options.retry)
+        except Exception:
+            log.exception(
+                "nack of %s/%s@%d failed; the lease will expire", d.topic, d.group, d.offset
+            )
+            dead = False
+        else:
+            (self._dead if dead else self._retried).inc()
+        if dead:
+            log.warning(
+                "dead-lettered %s@%d for %s after %d attempts: %s",
+                d.topic,
+                d.offset,
+                d.group,
+                d.attempt,
+                error,
+            )
+        self._release_slot(d)
+
+    def _release_slot(self, d: Delivery) -> None:
+        self._held.pop(d.offset, None)
+        self._room.set()
+
+    # -- acking and leases --------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_wanted.wait()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        self._ack_wanted.clear()
+        if not self._to_ack:
+            return
+        batch, self._to_ack = self._to_ack, []
+        try:
+            await self.bus.ack(batch)
+        except Exception:
+            log.exception("ack of %d messages failed; they will be redelivered", len(batch))
+        else:
+            self._acked.inc(len(batch))
+        for d in batch:
+            self._release_slot(d)
+
+    async def _renew_loop(self) -> None:
+        lease = self.options.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            cutoff = time.monotonic() - lease / 3
+            old = [d for d, fetched in self._held.values() if fetched <= cutoff]
+            if not old:
+                continue
+            try:
+                await self.bus.extend(old, lease)
+            except Exception:
+                log.exception("lease renewal failed")
+                continue
+            now = time.monotonic()
+            for d in old:
+                if d.offset in self._held:
+                    self._held[d.offset] = (d, now)
+
+
+_STOP = Delivery("", "", -1, None, b"", {}, 0.0, 0)

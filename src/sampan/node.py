@@ -1,0 +1,258 @@
+"""A node: one process assembled from a config, with one start/stop lifecycle for every layer.
+
+Start order is bus → admin → consumers → tasks; stop runs the reverse so that nothing is
+still producing into a closed bus: tasks are cancelled, consumers stop taking work and
+finish or release their leases, the admin server stops, and the database closes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sampan.admin.runner import AdminServer
+from sampan.admin.server import create_admin_app
+from sampan.bus.base import Bus, Delivery, Handler, Retention
+from sampan.bus.consumer import Consumer, ConsumerOptions
+from sampan.bus.factory import open_bus
+from sampan.bus.sqlite import SqliteBusOptions
+from sampan.config import RetentionConfig, SampanConfig
+from sampan.observe.metrics import Metrics
+from sampan.python_target import load_target
+
+log = logging.getLogger("sampan.node")
+
+
+@dataclass
+class TaskContext:
+    """What a user task or handler gets from the node it runs in."""
+
+    bus: Bus
+    metrics: Metrics
+    options: dict[str, Any]
+    stopping: asyncio.Event
+    node_name: str
+    admin_url: str | None = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("sampan.task"))
+
+
+def retention_of(config: RetentionConfig | None) -> Retention | None:
+    if config is None:
+        return None
+    return Retention(max_age_seconds=config.max_age, max_bytes=config.max_bytes)
+
+
+class Node:
+    def __init__(self, config: SampanConfig, *, admin_port: int | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        bus_config = config.bus
+        data_dir = Path(config.node.data_dir)
+        self.bus_url = bus_config.resolved_url(data_dir)
+        self.bus = open_bus(
+            self.bus_url,
+            SqliteBusOptions(
+                durability=bus_config.durability,
+                auto_create_topics=bus_config.auto_create_topics,
+                default_retention=retention_of(bus_config.retention) or Retention(),
+                max_in_flight_per_group=bus_config.max_in_flight_per_group,
+                poll_interval=bus_config.poll_interval,
+            ),
+            self.metrics,
+        )
+        self.stopping = asyncio.Event()
+        self.consumers: list[Consumer] = []
+        self.admin: AdminServer | None = None
+        self._admin_port = config.node.admin.port if admin_port is None else admin_port
+        self._tasks: list[asyncio.Task[None]] = []
+        self._maintenance: asyncio.Task[None] | None = None
+        self._lag: dict[tuple[str, str], float] = {}
+        self._started = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        for entry in config.node.python_path:
+            if str(entry) not in sys.path:
+                sys.path.insert(0, str(entry))
+        await asyncio.to_thread(Path(config.node.data_dir).mkdir, parents=True, exist_ok=True)
+        await self.bus.start()
+        self._started = True
+        for topic in config.bus.topics:
+            await self.bus.create_topic(topic.name, retention=retention_of(topic.retention))
+        if config.node.admin.enabled:
+            app = create_admin_app(
+                self.metrics, extra_routes=self._admin_routes(), health=self._health
+            )
+            self.admin = AdminServer(app, host=config.node.admin.host, port=self._admin_port)
+            await self.admin.start()
+        for sub in config.subscriptions:
+            retry = (sub.retry or config.bus.retry).policy()
+            consumer = Consumer(
+                self.bus,
+                sub.topic,
+                sub.group,
+                self._handler(sub.handler),
+                ConsumerOptions(
+                    concurrency=sub.concurrency,
+                    batch=config.bus.fetch_batch,
+                    lease_seconds=config.bus.lease,
+                    retry=retry,
+                    start=sub.start,
+                ),
+                self.metrics,
+            )
+            await consumer.start()
+            self.consumers.append(consumer)
+        for task in config.tasks:
+            run = load_target(task.run)
+            ctx = self._context(dict(task.options))
+            self._tasks.append(asyncio.create_task(self._run_task(task.run, run, ctx)))
+        self._maintenance = asyncio.create_task(self._maintain())
+        log.info(
+            "node %s up: bus %s, admin %s, %d consumer(s), %d task(s)",
+            config.node.name,
+            self.bus_url,
+            self.admin_url or "off",
+            len(self.consumers),
+            len(self._tasks),
+        )
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        grace = self.config.node.shutdown_grace
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(c.stop(grace) for c in self.consumers), return_exceptions=True)
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+        if self.admin is not None:
+            await self.admin.stop()
+        if self._started:
+            await self.bus.close()
+        log.info("node %s stopped", self.config.node.name)
+
+    async def run(self, run_for: float | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or ``run_for`` seconds), then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        try:
+            await self.start()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(run_for):
+                    await self.stopping.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    @property
+    def admin_url(self) -> str | None:
+        if self.admin is None:
+            return None
+        return f"http://{self.config.node.admin.host}:{self.admin.port}"
+
+    # -- user code ----------------------------------------------------------------------------
+
+    def _context(self, options: dict[str, Any]) -> TaskContext:
+        return TaskContext(
+            self.bus, self.metrics, options, self.stopping, self.config.node.name, self.admin_url
+        )
+
+    def _handler(self, dotted: str) -> Handler:
+        target = load_target(dotted)
+        arity = len(inspect.signature(target).parameters)
+        if arity == 1:
+            return target  # type: ignore[no-any-return]
+        ctx = self._context({})
+
+        async def with_context(delivery: Delivery) -> None:
+            await target(delivery, ctx)
+
+        return with_context
+
+    async def _run_task(
+        self, name: str, run: Callable[[TaskContext], Awaitable[None]], ctx: TaskContext
+    ) -> None:
+        try:
+            await run(ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("task %s failed", name)
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        while True:
+            try:
+                removed = await self.bus.enforce_retention()
+                if removed:
+                    log.info("retention removed %d message(s)", removed)
+                await self._refresh_lag()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("bus maintenance failed")
+            await asyncio.sleep(self.config.bus.maintenance_interval)
+
+    async def _refresh_lag(self) -> None:
+        for topic in await self.bus.topics():
+            for info in await self.bus.groups(topic.name):
+                key = (info.topic, info.group)
+                if key not in self._lag:
+                    self.metrics.gauge(
+                        "sampan_bus_lag",
+                        "Messages a group has not acked yet.",
+                        lambda key=key: self._lag.get(key, 0.0),  # type: ignore[misc]
+                        topic=info.topic,
+                        group=info.group,
+                    )
+                self._lag[key] = float(info.lag)
+
+    # -- admin API ----------------------------------------------------------------------------
+
+    async def _health(self) -> dict[str, Any]:
+        return {
+            "status": "stopping" if self.stopping.is_set() else "ok",
+            "node": self.config.node.name,
+            "bus": self.bus_url,
+        }
+
+    def _admin_routes(self) -> list[Route]:
+        async def topics(request: Request) -> JSONResponse:
+            result = []
+            for t in await self.bus.topics():
+                groups = await self.bus.groups(t.name)
+                result.append(
+                    {
+                        "name": t.name,
+                        "messages": t.messages,
+                        "bytes": t.bytes,
+                        "first_offset": t.first_offset,
+                        "next_offset": t.next_offset,
+                        "groups": [
+                            {"group": g.group, "lag": g.lag, "in_flight": g.in_flight}
+                            for g in groups
+                        ],
+                    }
+                )
+            return JSONResponse(result)
+
+        return [Route("/api/topics", topics)]
