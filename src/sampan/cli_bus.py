@@ -190,11 +190,11 @@ def consume_command(
                 lease_seconds=30.0,
                 wait_seconds=max(0.0, deadline - loop.time()),
             )
-            if no_ack:
-                await bus.release(batch)
-            else:
+            if not no_ack:
                 await bus.ack(batch)
             taken.extend(batch)
+        if no_ack:  # held until now so that a peek never sees the same message twice
+            await bus.release(taken)
         return taken
 
     rows = [

@@ -80,6 +80,9 @@ class ConfigError(Exception):
         self.issues: list[ConfigIssue] = list(issues)
         super().__init__("\n".join(issue.format() for issue in self.issues))
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[ConfigIssue]]]:
+        return (type(self), (self.issues,))  # survives pickling to worker processes
+
 
 @dataclass(frozen=True, slots=True)
 class Location:
