@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
@@ -56,9 +56,11 @@ _RESIDENCY = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*", re.ASCII)
 _RESIDENCY_MAX = 32
 _TAG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*", re.ASCII)
 _TAG_MAX = 64
+# Field ranges live in the regex; only days 29-31 need a calendar check.
 _RFC3339 = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))",
+    r"([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]"
+    r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?"  # 60: leap second
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])",
     re.ASCII,
 )
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -67,7 +69,9 @@ _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
 _MEDIA_TYPE = re.compile(
     rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*[ \t]*", re.ASCII
 )
-_URI_CHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?\[\]]|%[0-9A-Fa-f]{2})"
+# '%' is allowed here; _BAD_PERCENT then checks every '%' starts a %HH escape.
+_URI_CHAR = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?\[\]%]"
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SCHEME = r"[A-Za-z][A-Za-z0-9+.\-]*:"
 # RFC 3986 URI-reference: with a scheme, or a relative ref whose first segment has no ':'.
 _URI_REFERENCE = re.compile(
@@ -82,7 +86,9 @@ _FORBIDDEN_CHAR = re.compile(
 )
 # HTTP binding: percent-encode space, '"', '%' and everything outside U+0021..U+007E.
 _NEEDS_PERCENT = re.compile(r"[^!#$&-~]")
-_PERCENT_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+_PERCENT_TABLE = tuple(
+    chr(b) if 0x21 <= b <= 0x7E and b not in (0x22, 0x25) else f"%{b:02X}" for b in range(256)
+)
 
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
@@ -107,11 +113,7 @@ _NAMED_ATTRIBUTES = frozenset(
 # Names an extension may never take: attributes with their own field, and JSON members.
 _RESERVED_NAMES = _NAMED_ATTRIBUTES | {"data", "data_base64"}
 _JSON_MEMBERS = _RESERVED_NAMES
-_STRING_ATTRIBUTES = (
-    "specversion",
-    "id",
-    "source",
-    "type",
+_OPTIONAL_STRINGS = (
     "subject",
     "time",
     "datacontenttype",
@@ -220,25 +222,29 @@ class CloudEvent:
 
     def validate(self) -> None:
         """Raise :class:`InvalidEvent` naming the first attribute that breaks a rule."""
-        for name in _STRING_ATTRIBUTES:
-            value = getattr(self, name)
-            if value is None:
-                if name in ("specversion", "id", "source", "type"):
-                    raise InvalidEvent(f"attribute {name!r} is required", name)
-                continue
-            if type(value) is not str:
-                raise InvalidEvent(
-                    f"attribute {name!r} must be a string, got {_type_name(value)}", name
-                )
-            if not value:
-                raise InvalidEvent(f"attribute {name!r} must be a non-empty string", name)
-            _check_chars(name, value)
+        # Inline fast paths (this runs on every encode/decode); _check_string diagnoses.
         if self.specversion != SPECVERSION:
+            _check_string("specversion", self.specversion, required=True)
             raise InvalidEvent(
                 f"attribute 'specversion' must be '1.0', got {_show(self.specversion)}",
                 "specversion",
             )
-        if _URI_REFERENCE.fullmatch(self.source) is None:
+        v = self.id
+        if type(v) is not str or not v or not v.isprintable():
+            _check_string("id", v, required=True)
+        v = self.source
+        if type(v) is not str or not v or not v.isprintable():
+            _check_string("source", v, required=True)
+        v = self.type
+        if type(v) is not str or not v or not v.isprintable():
+            _check_string("type", v, required=True)
+        for name in _OPTIONAL_STRINGS:
+            v = getattr(self, name)
+            if v is not None and (type(v) is not str or not v or not v.isprintable()):
+                _check_string(name, v, required=False)
+        if _URI_REFERENCE.fullmatch(self.source) is None or (
+            "%" in self.source and _BAD_PERCENT.search(self.source) is not None
+        ):
             raise InvalidEvent(
                 f"attribute 'source' must be a URI-reference, got {_show(self.source)}", "source"
             )
@@ -252,7 +258,10 @@ class CloudEvent:
                 f"got {_show(self.datacontenttype)}",
                 "datacontenttype",
             )
-        if self.dataschema is not None and _ABSOLUTE_URI.fullmatch(self.dataschema) is None:
+        if self.dataschema is not None and (
+            _ABSOLUTE_URI.fullmatch(self.dataschema) is None
+            or _BAD_PERCENT.search(self.dataschema) is not None
+        ):
             raise InvalidEvent(
                 f"attribute 'dataschema' must be an absolute URI, got {_show(self.dataschema)}",
                 "dataschema",
@@ -287,6 +296,19 @@ class CloudEvent:
             _check_data(self.data, self.datacontenttype)
 
 
+def _check_string(name: str, value: object, *, required: bool) -> None:
+    """Slow path of validate(): say why a string attribute failed (or return if it is fine)."""
+    if value is None:
+        if required:
+            raise InvalidEvent(f"attribute {name!r} is required", name)
+        return
+    if type(value) is not str:
+        raise InvalidEvent(f"attribute {name!r} must be a string, got {_type_name(value)}", name)
+    if not value:
+        raise InvalidEvent(f"attribute {name!r} must be a non-empty string", name)
+    _check_chars(name, value)
+
+
 def _check_chars(name: str, value: str) -> None:
     if value.isprintable():  # fast path: no Cc/Cs/Cn (Cn covers noncharacters)
         return
@@ -303,14 +325,14 @@ def _is_rfc3339(value: str) -> bool:
     m = _RFC3339.fullmatch(value)
     if m is None:
         return False
-    year, month, day, hour, minute, second, off_h, off_m = m.groups()
+    year, month, day = m.groups()
+    if day < "29":
+        return True
     try:
         date(int(year), int(month), int(day))
     except ValueError:
         return False
-    if int(hour) > 23 or int(minute) > 59 or int(second) > 60:  # 60: leap second
-        return False
-    return off_h is None or (int(off_h) <= 23 and int(off_m) <= 59)
+    return True
 
 
 def _check_classification(tags: object) -> None:
@@ -361,7 +383,7 @@ def _check_extension_value(name: str, value: object) -> None:
 
 
 def _check_extensions(extensions: object) -> None:
-    if not isinstance(extensions, Mapping):
+    if type(extensions) is not dict and not isinstance(extensions, Mapping):
         raise InvalidEvent(
             f"attribute 'extensions' must be a mapping, got {_type_name(extensions)}",
             "extensions",
@@ -553,14 +575,16 @@ def _from_json_object(obj: dict[str, Any]) -> CloudEvent:
 
 
 def _percent_encode(value: str) -> str:
-    return value if _NEEDS_PERCENT.search(value) is None else quote(value, safe=_PERCENT_SAFE)
+    if _NEEDS_PERCENT.search(value) is None:
+        return value
+    return "".join(map(_PERCENT_TABLE.__getitem__, value.encode()))
 
 
 def _percent_decode(header: str, value: str) -> str:
     if "%" not in value:
         return value
     try:
-        return unquote(value, errors="strict")
+        return unquote_to_bytes(value).decode()
     except UnicodeDecodeError as exc:
         raise InvalidEvent(
             f"header {header!r} is not percent-encoded UTF-8: {_show(value)}", header[3:]

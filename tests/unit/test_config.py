@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import socket
 import textwrap
 from pathlib import Path
@@ -223,6 +224,8 @@ def test_issue_format() -> None:
     assert ConfigIssue("a.yaml", 0, 0, "", "file not found").format() == "a.yaml: file not found"
     err = ConfigError([issue, ConfigIssue("a.yaml", 2, 3, "", "bad")])
     assert str(err) == f"{issue.format()}\na.yaml:2:3: bad"
+    copy = pickle.loads(pickle.dumps(err))
+    assert copy.issues == err.issues and str(copy) == str(err)
 
 
 def test_key_path_format() -> None:

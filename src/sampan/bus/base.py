@@ -10,9 +10,13 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sampan.bus.retry import RetryPolicy
+from sampan.observe.metrics import Metrics
+
+if TYPE_CHECKING:
+    from sampan.bus.consumer import Consumer, ConsumerOptions
 
 StartPosition = Literal["earliest", "latest"]
 
@@ -130,6 +134,7 @@ class Bus(abc.ABC):
     """
 
     url: str
+    metrics: Metrics
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -194,6 +199,22 @@ class Bus(abc.ABC):
         wait_seconds: float = 0.0,
     ) -> list[Delivery]:
         """Lease up to ``max_messages``; waits up to ``wait_seconds`` when none is ready."""
+
+    async def subscribe(
+        self,
+        topic: str,
+        group: str,
+        handler: Handler,
+        options: ConsumerOptions | None = None,
+    ) -> Consumer:
+        """Run ``handler`` for the group's messages until ``await consumer.stop()``.
+
+        Handler success acks; an exception nacks (retry, then dead-letter)."""
+        from sampan.bus.consumer import Consumer
+
+        consumer = Consumer(self, topic, group, handler, options, self.metrics)
+        await consumer.start()
+        return consumer
 
     @abc.abstractmethod
     async def ack(self, deliveries: Sequence[Delivery]) -> None:

@@ -79,6 +79,7 @@ class Consumer:
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._fetch: asyncio.Future[list[Delivery]] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self.processed = 0
 
@@ -108,6 +109,11 @@ class Consumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await fetcher
         unstarted: list[Delivery] = []
+        if self._fetch is not None:
+            # The fetch may already hold leases the loop never saw: let it end, hand them back.
+            with contextlib.suppress(Exception):
+                unstarted.extend(await self._fetch)
+            self._fetch = None
         while not self._ready.empty():
             unstarted.append(self._ready.get_nowait())
         for d in unstarted:
@@ -141,8 +147,9 @@ class Consumer:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            try:
-                found = await self.bus.fetch(
+            # Shielded: cancelling the loop (stop) must not drop messages already leased.
+            self._fetch = asyncio.ensure_future(
+                self.bus.fetch(
                     self.topic,
                     self.group,
                     consumer=self.name,
@@ -150,9 +157,14 @@ class Consumer:
                     lease_seconds=self.options.lease_seconds,
                     wait_seconds=self.options.wait_seconds,
                 )
+            )
+            try:
+                found = await asyncio.shield(self._fetch)
+                self._fetch = None
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self._fetch = None
                 log.exception("fetch from %s/%s failed; retrying", self.topic, self.group)
                 await asyncio.sleep(1.0)
                 continue

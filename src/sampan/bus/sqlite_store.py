@@ -411,9 +411,11 @@ class SqliteStore:
                 g = self.group(topic, group)
             except (GroupNotFound, TopicNotFound):
                 continue  # deleted meanwhile: nothing left to settle
+            # Match the attempt, like nack/release/extend: a delivery from before a replay (or
+            # an expired lease) must not settle the row that replaced it.
             self.conn.executemany(
-                "DELETE FROM inflight WHERE group_id = ? AND offset = ?",
-                [(g.id, d.offset) for d in items],
+                "DELETE FROM inflight WHERE group_id = ? AND offset = ? AND attempt = ?",
+                [(g.id, d.offset, d.attempt) for d in items],
             )
             keys = [d.key for d in items if d.key is not None]
             if keys:
@@ -428,6 +430,9 @@ class SqliteStore:
                 (now + policy.backoff(d.attempt), error, g.id, d.offset, d.attempt),
             )
             return False
+        # Create the dead-letter topic before any write (even with auto_create_topics off):
+        # failing after the DELETE below would commit the loss of the message.
+        self.topic(dlq_topic(d.topic), create=True)
         gone = self.conn.execute(
             "DELETE FROM inflight WHERE group_id = ? AND offset = ? AND attempt = ?",
             (g.id, d.offset, d.attempt),
