@@ -76,6 +76,7 @@ class Consumer:
         self._held: dict[int, tuple[Delivery, float]] = {}
         self._to_ack: list[Delivery] = []
         self._ack_wanted = asyncio.Event()
+        self._ack_lock = asyncio.Lock()
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -127,12 +128,13 @@ class Consumer:
             task.cancel()
         if still_running:
             await asyncio.gather(*still_running, return_exceptions=True)
-        unstarted.extend(d for d, _ in self._held.values())
-        self._held.clear()
+        # Under the lock: an ack already on its way finishes before the loop is cancelled.
         await self._flush_acks()
         for task in self._tasks[1:]:
             task.cancel()
         await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        unstarted.extend(d for d, _ in self._held.values())  # only what was never acked
+        self._held.clear()
         if unstarted:
             with contextlib.suppress(Exception):
                 await self.bus.release(unstarted)
@@ -230,18 +232,19 @@ class Consumer:
             await self._flush_acks()
 
     async def _flush_acks(self) -> None:
-        self._ack_wanted.clear()
-        if not self._to_ack:
-            return
-        batch, self._to_ack = self._to_ack, []
-        try:
-            await self.bus.ack(batch)
-        except Exception:
-            log.exception("ack of %d messages failed; they will be redelivered", len(batch))
-        else:
-            self._acked.inc(len(batch))
-        for d in batch:
-            self._release_slot(d)
+        async with self._ack_lock:
+            self._ack_wanted.clear()
+            if not self._to_ack:
+                return
+            batch, self._to_ack = self._to_ack, []
+            try:
+                await self.bus.ack(batch)
+            except Exception:
+                log.exception("ack of %d messages failed; they will be redelivered", len(batch))
+            else:
+                self._acked.inc(len(batch))
+            for d in batch:
+                self._release_slot(d)
 
     async def _renew_loop(self) -> None:
         lease = self.options.lease_seconds

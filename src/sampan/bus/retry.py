@@ -1,4 +1,4 @@
-"""Retry policy: exponential backoff with full jitter, then dead-letter."""
+"""Retry policy: exponential backoff with proportional jitter, then dead-letter."""
 
 from __future__ import annotations
 
@@ -19,14 +19,21 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.initial_backoff < 0 or self.max_backoff < 0:
+        # Written as "not >=" so that NaN is rejected too.
+        if not (self.initial_backoff >= 0 and self.max_backoff >= 0):
             raise ValueError("backoff must be >= 0")
+        if not self.multiplier >= 1:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
         if not 0.0 <= self.jitter <= 1.0:
             raise ValueError(f"jitter must be within [0, 1], got {self.jitter}")
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay before the delivery that follows failed delivery number ``attempt``."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, attempt - 1))
+        try:
+            grown = self.initial_backoff * self.multiplier ** max(0, attempt - 1)
+        except OverflowError:
+            grown = self.max_backoff
+        base = min(self.max_backoff, grown)
         spread = base * self.jitter
         draw = (rng or random).random()
         return base - spread + 2 * spread * draw if spread else base

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -158,7 +157,7 @@ class SqliteBus(Bus):
                     op.error = exc
             conn.execute("COMMIT")
             return
-        except sqlite3.Error as exc:
+        except Exception as exc:  # storage or a bug in one operation: isolate it, keep serving
             log.warning(
                 "bus transaction of %d operations failed (%s); retrying one by one", len(batch), exc
             )
@@ -171,10 +170,13 @@ class SqliteBus(Bus):
                 conn.execute("BEGIN IMMEDIATE")
                 op.result = op.run(store, now)
                 conn.execute("COMMIT")
-            except (sqlite3.Error, BusError) as exc:
+            except Exception as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                op.error = exc if isinstance(exc, BusError) else BusError(f"bus storage: {exc}")
+                if not isinstance(exc, BusError):
+                    log.error("bus operation failed", exc_info=exc)
+                    exc = BusError(f"bus operation failed: {type(exc).__name__}: {exc}")
+                op.error = exc
 
     def _settle(self, batch: list[_Operation]) -> None:
         touched: set[str] = set()

@@ -43,7 +43,8 @@ from sampan.bus.base import (
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_schema import WAITING_FOR_KEY, create_message_table, message_table
 
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+# 200 characters like the config allows, plus room for the ".dlq" suffix of its dead letters.
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}(\.dlq)?$")
 EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 RESERVED_HEADER_PREFIX = "sampan-"
 

@@ -1,0 +1,238 @@
+"""Bus contract, through the generic Consumer runner: retries, leases, stop, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bus_contract_helpers import offsets, wait_until
+
+from sampan.bus.base import Bus, Delivery, OutgoingMessage
+from sampan.bus.consumer import Consumer, ConsumerOptions
+from sampan.bus.retry import RetryPolicy
+from sampan.observe.metrics import Metrics
+
+
+def options(**changes: Any) -> ConsumerOptions:
+    base: dict[str, Any] = {
+        "concurrency": 4,
+        "batch": 8,
+        "lease_seconds": 10.0,
+        "wait_seconds": 0.05,
+        "retry": RetryPolicy(max_attempts=3, initial_backoff=0.02, jitter=0.0),
+    }
+    return ConsumerOptions(**(base | changes))
+
+
+async def test_consumer_retries_then_dead_letters(bus: Bus, topic: str, group: str) -> None:
+    """A handler that keeps failing gets max_attempts deliveries, then the message is dead."""
+    good = await bus.publish(topic, b"good")
+    bad = await bus.publish(topic, b"bad", key="k")
+    attempts: list[tuple[int, int]] = []
+
+    async def handler(d: Delivery) -> None:
+        attempts.append((d.offset, d.attempt))
+        if d.value == b"bad":
+            raise ValueError("cannot handle")
+
+    consumer = Consumer(bus, topic, group, handler, options())
+    await consumer.start()
+    try:
+        await wait_until(lambda: len(attempts) >= 4, within=5)
+        await wait_until(lambda: bus.dlq_list(topic), within=5, message="a dead letter")
+    finally:
+        await consumer.stop(grace=2)
+    assert sorted(a for o, a in attempts if o == bad) == [1, 2, 3]
+    assert [a for o, a in attempts if o == good] == [1]
+    [letter] = await bus.dlq_list(topic)
+    assert (letter.original_offset, letter.attempts, letter.group) == (bad, 3, group)
+    assert letter.error == "ValueError: cannot handle"
+    assert await bus.lag(topic, group) == 0
+
+
+async def test_consumer_renews_leases_of_slow_handlers(bus: Bus, topic: str, group: str) -> None:
+    """A handler slower than the lease is not redelivered: the runner extends the lease."""
+    await bus.publish(topic, b"slow")
+    calls: list[int] = []
+
+    async def handler(d: Delivery) -> None:
+        calls.append(d.attempt)
+        await asyncio.sleep(0.7)
+
+    consumer = Consumer(bus, topic, group, handler, options(lease_seconds=0.3))
+    await consumer.start()
+    try:
+        await wait_until(lambda: consumer.processed >= 1, within=5)
+        await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop(grace=2)
+    assert calls == [1]
+    assert await bus.lag(topic, group) == 0
+
+
+async def test_consumer_stop_finishes_running_and_releases_unstarted(
+    bus: Bus, topic: str, group: str
+) -> None:
+    """stop(): no new work, running handlers finish, acks flushed, unstarted work released."""
+    published = await bus.publish_batch(
+        topic, [OutgoingMessage(f"m{i}".encode(), key=f"k{i}") for i in range(10)]
+    )
+    started: list[int] = []
+    finished: list[int] = []
+    gate = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        started.append(d.offset)
+        await gate.wait()
+        await asyncio.sleep(0.05)
+        finished.append(d.offset)
+
+    consumer = Consumer(bus, topic, group, handler, options(concurrency=2, batch=10))
+    await consumer.start()
+    await wait_until(lambda: len(started) == 2, message="two handlers running")
+    stopping = asyncio.create_task(consumer.stop(grace=3))
+    await asyncio.sleep(0.02)
+    gate.set()
+    await stopping
+    assert sorted(finished) == sorted(started), "running handlers did not finish"
+    assert len(started) == 2, "a handler started after stop()"
+    assert await bus.lag(topic, group) == 8, "acks of finished handlers were not flushed"
+    # Released work is available at once, and the release did not count an attempt.
+    again = await bus.fetch(topic, group, consumer="next", max_messages=20, lease_seconds=10)
+    assert sorted(offsets(again)) == sorted(set(published) - set(started))
+    assert all(d.attempt == 1 for d in again)
+
+
+async def test_consumer_stop_cancels_handlers_past_grace(bus: Bus, topic: str, group: str) -> None:
+    """A handler still running after the grace period is cancelled and its message released."""
+    offset = await bus.publish(topic, b"stuck")
+    running = asyncio.Event()
+
+    async def handler(d: Delivery) -> None:
+        running.set()
+        await asyncio.sleep(30)
+
+    consumer = Consumer(bus, topic, group, handler, options())
+    await consumer.start()
+    await asyncio.wait_for(running.wait(), 5)
+    await asyncio.wait_for(consumer.stop(grace=0.1), 5)
+    [again] = await bus.fetch(topic, group, consumer="next", max_messages=5, lease_seconds=10)
+    assert again.offset == offset
+
+
+class SlowFetchBus:
+    """Delegates to a bus; each non-empty fetch reaches the caller ``delay`` seconds after the
+    backend leased it (as over a network). ``fetched`` is set when a lease was taken."""
+
+    def __init__(self, inner: Bus, delay: float) -> None:
+        self._inner = inner
+        self._delay = delay
+        self.fetched = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def fetch(self, *args: Any, **kwargs: Any) -> list[Delivery]:
+        found = await self._inner.fetch(*args, **kwargs)
+        if found:
+            self.fetched.set()
+            await asyncio.sleep(self._delay)
+        return found
+
+
+async def test_consumer_stop_during_a_fetch_does_not_strand_leases(
+    bus: Bus, topic: str, group: str
+) -> None:
+    """Messages leased by a fetch that stop() interrupts are released, not left leased."""
+    slow = SlowFetchBus(bus, delay=0.2)
+    handled: list[int] = []
+
+    async def handler(d: Delivery) -> None:
+        handled.append(d.offset)
+
+    consumer = Consumer(slow, topic, group, handler, options())  # type: ignore[arg-type]
+    await consumer.start()
+    published = await bus.publish_batch(topic, [OutgoingMessage(b"x") for _ in range(3)])
+    await asyncio.wait_for(slow.fetched.wait(), 5)
+    await consumer.stop(grace=2)
+    again = await bus.fetch(topic, group, consumer="next", max_messages=10, lease_seconds=10)
+    assert sorted(offsets(again) + handled) == published
+    assert all(d.attempt == 1 for d in again)
+
+
+async def test_metrics_after_a_run(bus: Bus, topic: str, group: str, metrics: Metrics) -> None:
+    """After a run the topic throughput, the group quartet and the ack counter are exposed."""
+    await bus.publish_batch(topic, [OutgoingMessage(b"x") for _ in range(5)])
+    calls = 0
+
+    async def handler(d: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("first one fails")
+
+    consumer = Consumer(bus, topic, group, handler, options(), metrics=metrics)
+    await consumer.start()
+    try:
+        await wait_until(lambda: consumer.processed >= 6)
+        await wait_until(lambda: _lag_is_zero(bus, topic, group))
+    finally:
+        await consumer.stop(grace=2)
+    text = metrics.render().decode()
+    name = f'kind="group",name="{topic}/{group}"'
+    assert f'sampan_requests_total{{kind="topic",name="{topic}"}} 5\n' in text
+    assert f"sampan_requests_total{{{name}}} 6\n" in text
+    assert f"sampan_errors_total{{{name}}} 1\n" in text
+    assert f"sampan_latency_seconds_count{{{name}}} 6\n" in text
+    assert f"sampan_cost_total{{{name}," in text
+    assert f'sampan_bus_acked_total{{group="{group}",topic="{topic}"}} 5\n' in text
+    assert f'sampan_bus_retried_total{{group="{group}",topic="{topic}"}} 1\n' in text
+    assert f'sampan_bus_redelivered_total{{group="{group}",topic="{topic}"}} 1\n' in text
+
+
+async def _lag_is_zero(bus: Bus, topic: str, group: str) -> bool:
+    return await bus.lag(topic, group) == 0
+
+
+async def test_consumer_processes_everything_exactly_once_without_failures(
+    bus: Bus, topic: str, group: str
+) -> None:
+    """With healthy handlers and long leases every message is handled once and acked."""
+    published = await bus.publish_batch(
+        topic, [OutgoingMessage(b"x", key=f"k{i % 7}") for i in range(200)]
+    )
+    seen: list[int] = []
+
+    async def handler(d: Delivery) -> None:
+        seen.append(d.offset)
+
+    consumer = Consumer(bus, topic, group, handler, options(concurrency=8, batch=32))
+    await consumer.start()
+    try:
+        await wait_until(lambda: _lag_is_zero(bus, topic, group), within=10)
+    finally:
+        await consumer.stop(grace=2)
+    assert sorted(seen) == published
+    assert await bus.fetch(topic, group, consumer="x", max_messages=10, lease_seconds=1) == []
+
+
+async def test_subscribe_runs_a_consumer_that_records_into_the_bus_metrics(
+    bus: Bus, topic: str, group: str, metrics: Metrics
+) -> None:
+    """bus.subscribe starts a Consumer: success acks, and the quartet lands in bus.metrics."""
+    await bus.publish_batch(topic, [OutgoingMessage(b"x") for _ in range(3)])
+    seen: list[int] = []
+
+    async def handler(d: Delivery) -> None:
+        seen.append(d.offset)
+
+    consumer = await bus.subscribe(topic, group, handler, options())
+    try:
+        await wait_until(lambda: _lag_is_zero(bus, topic, group))
+    finally:
+        await consumer.stop(grace=2)
+    assert len(seen) == 3
+    assert bus.metrics is metrics
+    assert f'sampan_requests_total{{kind="group",name="{topic}/{group}"}} 3\n' in (
+        metrics.render().decode()
+    )
