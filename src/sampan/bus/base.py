@@ -52,6 +52,10 @@ class OutgoingMessage:
     key: str | None = None
     headers: Mapping[str, str] | None = None
     deliver_at: float | None = None
+    dedupe_key: str | None = None
+    """A publish with a key already seen on the topic within ``dedupe_ttl`` is not stored
+    again; the first message's offset is returned (idempotent producers, HTTP retries)."""
+    dedupe_ttl: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)

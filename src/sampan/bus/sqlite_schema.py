@@ -48,6 +48,13 @@ CREATE TABLE IF NOT EXISTS inflight (
     last_error TEXT,
     PRIMARY KEY (group_id, offset)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedupe (
+    topic_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (topic_id, key)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inflight_by_visibility ON inflight (group_id, visible_at);
 CREATE INDEX IF NOT EXISTS inflight_by_key ON inflight (group_id, key, offset)
     WHERE key IS NOT NULL;

@@ -159,6 +159,7 @@ class SqliteStore:
             (topic.id,),
         )
         self.conn.execute("DELETE FROM groups WHERE topic_id = ?", (topic.id,))
+        self.conn.execute("DELETE FROM dedupe WHERE topic_id = ?", (topic.id,))
         self.conn.execute("DELETE FROM topics WHERE id = ?", (topic.id,))
         self.conn.execute(f"DROP TABLE IF EXISTS {message_table(topic.id)}")
         self.forget_cached_names()
@@ -212,6 +213,56 @@ class SqliteStore:
                     if name.startswith(RESERVED_HEADER_PREFIX):
                         raise BusError(f"header {name!r}: the 'sampan-' prefix is reserved")
         row = self.topic(topic)
+        if any(m.dedupe_key is not None for m in messages):
+            return self._publish_deduplicated(row, messages, now, target_group)
+        return self._append(row, messages, now, target_group)
+
+    def _publish_deduplicated(
+        self,
+        row: TopicRow,
+        messages: Sequence[OutgoingMessage],
+        now: float,
+        target_group: int | None,
+    ) -> list[int]:
+        """Store only messages whose dedupe key is new; map the others to the first offset."""
+        known: dict[str, int] = {}
+        fresh: list[OutgoingMessage] = []
+        for m in messages:
+            key = m.dedupe_key
+            if key is None:
+                fresh.append(m)
+            elif key not in known:
+                found = self.conn.execute(
+                    "SELECT offset FROM dedupe WHERE topic_id = ? AND key = ? AND expires_at > ?",
+                    (row.id, key, now),
+                ).fetchone()
+                known[key] = -1 if found is None else found[0]
+                if found is None:
+                    fresh.append(m)
+        offsets = iter(self._append(row, fresh, now, target_group)) if fresh else iter(())
+        result: list[int] = []
+        for m in messages:
+            if m.dedupe_key is None:
+                result.append(next(offsets))
+            elif known[m.dedupe_key] == -1:
+                known[m.dedupe_key] = offset = next(offsets)
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO dedupe (topic_id, key, offset, expires_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (row.id, m.dedupe_key, offset, now + m.dedupe_ttl),
+                )
+                result.append(offset)
+            else:
+                result.append(known[m.dedupe_key])
+        return result
+
+    def _append(
+        self,
+        row: TopicRow,
+        messages: Sequence[OutgoingMessage],
+        now: float,
+        target_group: int | None,
+    ) -> list[int]:
         count = len(messages)
         size = sum(len(m.value) for m in messages)
         end = self.conn.execute(
@@ -582,6 +633,7 @@ class SqliteStore:
     # -- retention ----------------------------------------------------------------------------
 
     def enforce_retention(self, now: float) -> int:
+        self.conn.execute("DELETE FROM dedupe WHERE expires_at <= ?", (now,))
         removed = 0
         for topic_id, max_age, max_bytes, size in self.conn.execute(
             "SELECT id, max_age, max_bytes, bytes FROM topics"
