@@ -9,8 +9,10 @@ concurrent publishes, fetches and acks cost one commit instead of a thousand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,8 +57,43 @@ class _Operation:
     run: Callable[[SqliteStore, float], Any]
     future: asyncio.Future[Any]
     topics_touched: tuple[str, ...] = ()
+    must_sync: bool = False
+    """Publishes must survive a power cut before they are confirmed; a lost lease, ack or
+    retry schedule only causes a redelivery, which at-least-once allows."""
     result: Any = None
     error: BaseException | None = None
+
+
+CHECKPOINT_INTERVAL = 0.25
+
+
+class Checkpointer:
+    """Copies the WAL back into the database from its own connection and thread, so that
+    commits on the bus thread never pay for a checkpoint (and its fsync)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sampan-wal:{path}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=1000")
+            while not self._stop.wait(CHECKPOINT_INTERVAL):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    log.debug("checkpoint skipped: %s", exc)
+        finally:
+            conn.close()
 
 
 def sqlite_path_from_url(url: str) -> str:
@@ -84,6 +121,8 @@ class SqliteBus(Bus):
         self._store: SqliteStore | None = None
         self._wakeups = Wakeups()
         self._closed = False
+        self._checkpointer: Checkpointer | None = None
+        self._synchronous = True
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -102,6 +141,11 @@ class SqliteBus(Bus):
             default_retention=self.options.default_retention,
             max_in_flight_per_group=self.options.max_in_flight_per_group,
         )
+        if self.path != ":memory:":
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = Checkpointer(self.path)
+            self._checkpointer.start()
+        self._synchronous = self.options.durability == "full"
         self._thread = threading.Thread(
             target=self._run, name=f"sampan-bus:{self.path}", daemon=True
         )
@@ -114,6 +158,10 @@ class SqliteBus(Bus):
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
         assert self._store is not None
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            with contextlib.suppress(sqlite3.Error):  # leave a small WAL behind
+                self._store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._store.conn.close()
         self._wakeups.wake_all()
 
@@ -145,9 +193,19 @@ class SqliteBus(Bus):
             if stop:
                 return
 
+    def _sync_for(self, conn: sqlite3.Connection, batch: list[_Operation]) -> None:
+        """fsync at commit only when the batch publishes (with ``durability: full``)."""
+        if self.options.durability != "full":
+            return
+        wanted = any(op.must_sync for op in batch)
+        if wanted != self._synchronous:
+            conn.execute("PRAGMA synchronous=" + ("FULL" if wanted else "NORMAL"))
+            self._synchronous = wanted
+
     def _execute(self, store: SqliteStore, batch: list[_Operation]) -> None:
         now = time.time()
         conn = store.conn
+        self._sync_for(conn, batch)
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -191,21 +249,23 @@ class SqliteBus(Bus):
         for topic in touched:
             self._wakeups.wake(topic)
 
-    async def _call(self, run: Callable[[SqliteStore, float], T], *topics: str) -> T:
+    async def _call(
+        self, run: Callable[[SqliteStore, float], T], *topics: str, must_sync: bool = False
+    ) -> T:
         if self._thread is None:
             raise BusError("the bus is not started")
         if self._closed:
             raise BusError("the bus is closed")
         assert self._loop is not None
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Operation(run, future, topics))
+        self._queue.put(_Operation(run, future, topics, must_sync))
         return await future
 
     # -- topics -------------------------------------------------------------------------------
 
     async def create_topic(self, name: str, *, retention: Retention | None = None) -> None:
         check_topic_name(name)
-        await self._call(lambda s, now: s.create_topic(name, retention))
+        await self._call(lambda s, now: s.create_topic(name, retention), must_sync=True)
 
     async def delete_topic(self, name: str) -> None:
         await self._call(lambda s, now: s.delete_topic(name))
@@ -219,7 +279,9 @@ class SqliteBus(Bus):
     # -- publish ------------------------------------------------------------------------------
 
     async def publish_batch(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[int]:
-        offsets = await self._call(lambda s, now: s.publish(topic, messages, now), topic)
+        offsets = await self._call(
+            lambda s, now: s.publish(topic, messages, now), topic, must_sync=True
+        )
         self.metrics.target("topic", topic).count(len(offsets))
         return offsets
 
@@ -289,4 +351,6 @@ class SqliteBus(Bus):
         return await self._call(lambda s, now: s.dlq_list(topic, limit))
 
     async def dlq_redrive(self, topic: str, *, offsets: Sequence[int] | None = None) -> int:
-        return await self._call(lambda s, now: s.dlq_redrive(topic, offsets, now), topic)
+        return await self._call(
+            lambda s, now: s.dlq_redrive(topic, offsets, now), topic, must_sync=True
+        )

@@ -454,6 +454,16 @@ class SqliteStore:
             [(now, group_id, WAITING_FOR_KEY, group_id, key) for key in keys],
         )
 
+    def _has_waiting(self, group_id: int) -> bool:
+        """One index probe that usually spares a per-key update for every ack."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM inflight WHERE group_id = ? AND visible_at >= ? LIMIT 1",
+                (group_id, WAITING_FOR_KEY),
+            ).fetchone()
+            is not None
+        )
+
     def ack(self, deliveries: Sequence[Delivery], now: float) -> None:
         by_group: dict[tuple[str, str], list[Delivery]] = {}
         for d in deliveries:
@@ -470,7 +480,7 @@ class SqliteStore:
                 [(g.id, d.offset, d.attempt) for d in items],
             )
             keys = [d.key for d in items if d.key is not None]
-            if keys:
+            if keys and self._has_waiting(g.id):
                 self._next_in_line(g.id, keys, now)
 
     def nack(self, d: Delivery, error: str, policy: RetryPolicy, now: float) -> bool:
