@@ -36,6 +36,7 @@ from sampan.config_loader import (
     read_config_file,
     validate_document,
 )
+from sampan.gateway.config import ConsumerConfig, GatewayConfig, RouteConfig
 from sampan.units import ByteSize, Duration, describe_value
 
 __all__ = [
@@ -374,6 +375,35 @@ class SampanConfig(_Section):
     tasks: list[TaskConfig] = Field(
         default_factory=list, description="Long-running user coroutines started with the node."
     )
+    gateway: GatewayConfig = Field(
+        default_factory=GatewayConfig, description="The HTTP data plane (listener, limits)."
+    )
+    consumers: list[ConsumerConfig] = Field(
+        default_factory=list, description="API consumers and their credentials."
+    )
+    routes: list[RouteConfig] = Field(
+        default_factory=list, description="Gateway routes, each to a service, topic or response."
+    )
+
+    @field_validator("routes")
+    @classmethod
+    def _unique_route_names(cls, routes: list[RouteConfig]) -> list[RouteConfig]:
+        seen: set[str] = set()
+        for route in routes:
+            if route.name in seen:
+                raise ValueError(f"route name {route.name!r} is used twice")
+            seen.add(route.name)
+        return routes
+
+    @field_validator("consumers")
+    @classmethod
+    def _unique_consumers(cls, consumers: list[ConsumerConfig]) -> list[ConsumerConfig]:
+        seen: set[str] = set()
+        for consumer in consumers:
+            if consumer.username in seen:
+                raise ValueError(f"consumer {consumer.username!r} is defined twice")
+            seen.add(consumer.username)
+        return consumers
 
     @model_validator(mode="after")
     def _resolve_paths(self, info: ValidationInfo) -> Self:

@@ -236,7 +236,9 @@ class _DocumentBuilder:
         self._doc = doc
         self._constructor = yaml.constructor.SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
-        self._entries: dict[int, list[tuple[Hashable, Node, Node]]] = {}
+        # Keyed by the node itself, not id(node): the key keeps the node alive, so the id of a
+        # freed node from an earlier included file can never alias a new one.
+        self._entries: dict[Node, list[tuple[Hashable, Node, Node]]] = {}
 
     # -- reporting
 
@@ -369,7 +371,7 @@ class _DocumentBuilder:
         self, node: MappingNode, path: KeyPath
     ) -> list[tuple[Hashable, Node, Node]]:
         """Entries after ``<<`` merges; explicit keys override merged ones, as YAML says."""
-        cached = self._entries.get(id(node))
+        cached = self._entries.get(node)
         if cached is not None:  # an aliased mapping: flatten_mapping already rewrote it
             return cached
         explicit = {id(k) for k, _ in node.value if k.tag != _MERGE_TAG}
@@ -377,7 +379,7 @@ class _DocumentBuilder:
             self._constructor.flatten_mapping(node)
         except ConstructorError as exc:
             self.fail(node, path, _constructor_message(exc))
-            self._entries[id(node)] = []
+            self._entries[node] = []
             return []
         winners: dict[Hashable, tuple[Node, Node]] = {}
         first_seen: dict[Hashable, Node] = {}
@@ -397,7 +399,7 @@ class _DocumentBuilder:
                 first_seen[key] = key_node
             winners[key] = (key_node, value_node)
         entries = [(key, k, v) for key, (k, v) in winners.items()]
-        self._entries[id(node)] = entries
+        self._entries[node] = entries
         return entries
 
     def _key(self, node: Node, path: KeyPath) -> Hashable:

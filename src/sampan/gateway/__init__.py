@@ -1,0 +1,1 @@
+"""The API gateway: the HTTP data plane, routing, plugins and targets."""

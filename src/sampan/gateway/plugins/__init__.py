@@ -1,0 +1,1 @@
+"""Gateway plugins, one file each; ``registry.py`` lists them."""

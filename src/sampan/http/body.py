@@ -1,0 +1,51 @@
+"""A request or response body that is streamed, never held whole unless someone asks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+
+class BodyTooLarge(Exception):
+    """The body passed the limit its reader set."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body larger than {limit} bytes")
+        self.limit = limit
+
+
+class Body(Protocol):
+    """What a handler sees of a body.
+
+    ``chunks()`` streams it (once); ``read(limit)`` buffers it whole and raises
+    ``BodyTooLarge`` past ``limit``; after ``read`` the buffered bytes are kept so that a later
+    ``chunks()`` (e.g. the proxy) replays them. ``length`` is the declared Content-Length.
+    """
+
+    length: int | None
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def read(self, limit: int | None = None) -> bytes: ...
+
+
+class BytesBody:
+    """A body that is already in memory (fixed responses, transformed payloads)."""
+
+    __slots__ = ("data", "length")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = data
+        self.length: int | None = len(data)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.data:
+            yield self.data
+
+    async def read(self, limit: int | None = None) -> bytes:
+        if limit is not None and len(self.data) > limit:
+            raise BodyTooLarge(limit)
+        return self.data
+
+
+EMPTY_BODY = BytesBody(b"")
