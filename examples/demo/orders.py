@@ -17,6 +17,9 @@ import orjson
 from faker import Faker
 
 from sampan.bus.base import Delivery
+from sampan.http.body import BytesBody
+from sampan.http.client import ConnectionPool, Endpoint
+from sampan.http.headers import Headers
 from sampan.node import TaskContext
 
 PRODUCTS = [
@@ -41,9 +44,7 @@ class InvalidOrder(Exception):
     """Permanent: retries cannot fix it, so it is dead-lettered."""
 
 
-def make_order(
-    fake: Faker, rng: random.Random, number: int, customers: list[dict[str, str]]
-) -> dict[str, Any]:
+def make_order(rng: random.Random, number: int, customers: list[dict[str, str]]) -> dict[str, Any]:
     customer = rng.choice(customers)
     items = []
     for sku, name, price in rng.sample(PRODUCTS, rng.randint(1, 3)):
@@ -61,10 +62,12 @@ def make_order(
     }
 
 
-async def produce_orders(ctx: TaskContext) -> None:
-    """Publish orders at a steady rate, keyed by customer so that a customer's orders
-    stay in order."""
+async def pos_terminals(ctx: TaskContext) -> None:
+    """POST orders to the gateway at a steady rate, as point-of-sale terminals would.
+
+    Orders are keyed by customer on the bus, so each customer's orders stay in order."""
     rate = float(ctx.options.get("rate_per_second", 200))
+    api_key = str(ctx.options["api_key"]).encode()
     rng = random.Random(ctx.options.get("seed"))
     fake = Faker("vi_VN")
     fake.seed_instance(ctx.options.get("seed"))
@@ -77,23 +80,49 @@ async def produce_orders(ctx: TaskContext) -> None:
         }
         for i in range(500)
     ]
-    published = ctx.metrics.counter("demo_orders_published", "Orders the demo producer published.")
+    accepted = ctx.metrics.counter("demo_orders_published", "Orders the gateway accepted (202).")
+    refused = ctx.metrics.counter("demo_orders_refused", "Orders the gateway refused.")
+    assert ctx.gateway_url is not None, "the demo needs the gateway"
+    endpoint = Endpoint.parse(ctx.gateway_url)
+    pool = ConnectionPool()
+
+    async def post(order: dict[str, Any]) -> None:
+        headers = Headers(
+            [
+                (b"host", b"demo"),
+                (b"content-type", b"application/json"),
+                (b"apikey", api_key),
+                (b"idempotency-key", order["order_id"].encode()),
+            ]
+        )
+        response = await pool.request(
+            endpoint,
+            "POST",
+            b"/orders",
+            headers,
+            BytesBody(orjson.dumps(order)),
+            connect_timeout=2,
+            read_timeout=10,
+            write_timeout=10,
+        )
+        await response.body.read()
+        (accepted if response.status == 202 else refused).inc()
+
     number = 0
-    tick = 0.05
     started = time.monotonic()
-    while not ctx.stopping.is_set():
-        due = int((time.monotonic() - started) * rate) - number
-        if due > 0:
-            batch = [make_order(fake, rng, number + i, customers) for i in range(due)]
-            await asyncio.gather(
-                *(
-                    ctx.bus.publish("orders.created", orjson.dumps(o), key=o["customer"]["id"])
-                    for o in batch
-                )
-            )
-            number += due
-            published.inc(due)
-        await asyncio.sleep(tick)
+    try:
+        while not ctx.stopping.is_set():
+            due = int((time.monotonic() - started) * rate) - number
+            if due > 0:
+                batch = [make_order(rng, number + i, customers) for i in range(due)]
+                results = await asyncio.gather(*(post(o) for o in batch), return_exceptions=True)
+                for result in results:
+                    if isinstance(result, Exception):
+                        refused.inc()
+                number += due
+            await asyncio.sleep(0.05)
+    finally:
+        await pool.close()
 
 
 async def process_order(delivery: Delivery, ctx: TaskContext) -> None:
@@ -130,10 +159,13 @@ async def report(ctx: TaskContext) -> None:
         lag = groups["fulfilment"].lag if "fulfilment" in groups else 0
         quartet = ctx.metrics.target("group", "orders.created/fulfilment").snapshot()
         p99 = f"{quartet.p99 * 1000:.1f} ms" if quartet.p99 is not None else "-"
+        http = ctx.metrics.target("route", "orders-in").snapshot()
+        http_p99 = f"{http.p99 * 1000:.1f} ms" if http.p99 is not None else "-"
         dead = await ctx.bus.dlq_list("orders.created", limit=10_000)
         print(
             f"[{time.monotonic() - started:6.1f}s]"
-            f" published {counter_value(ctx, 'demo_orders_published')}"
+            f" POST /orders 202: {counter_value(ctx, 'demo_orders_published')}"
+            f" (refused {counter_value(ctx, 'demo_orders_refused')}, p99 {http_p99})"
             f" · processed {counter_value(ctx, 'sampan_bus_acked', **labels)}"
             f" · retried {counter_value(ctx, 'sampan_bus_retried', **labels)}"
             f" · dead-lettered {len(dead)} · lag {lag} · handler p99 {p99}",
@@ -141,7 +173,8 @@ async def report(ctx: TaskContext) -> None:
         )
 
     print(
-        "demo: orders flow producer → orders.created → group 'fulfilment' → orders.processed",
+        "demo: POS terminals → POST /orders (gateway) → orders.created → group 'fulfilment'"
+        " → orders.processed",
         flush=True,
     )
     try:
@@ -152,6 +185,8 @@ async def report(ctx: TaskContext) -> None:
         await line()
         print(
             f"demo: metrics at {ctx.admin_url or '(admin off)'}/metrics and /api/metrics; try\n"
+            f"  curl -X POST {ctx.gateway_url}/orders -H 'apikey: demo-pos-key-change-me'"
+            ' -H \'content-type: application/json\' -d \'{"customer": {"id": "KH1"}}\'\n'
             "  sampan bus topics -c examples/demo/sampan.yaml\n"
             "  sampan bus dlq list orders.created -c examples/demo/sampan.yaml",
             flush=True,

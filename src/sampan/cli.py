@@ -68,9 +68,25 @@ def up(
     admin_port: Annotated[
         int | None, typer.Option("--admin-port", help="Override node.admin.port (0 = any free).")
     ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", help="Override gateway.listen.port (0 = any free)."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Gateway processes sharing the port (SO_REUSEPORT). Default: "
+            "gateway.workers, else the CPU count when routes exist.",
+        ),
+    ] = None,
+    worker: Annotated[str | None, typer.Option("--worker", hidden=True)] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
-    """Start a node from a config file; SIGTERM or SIGINT stops it cleanly."""
+    """Start a node from a config file; SIGTERM or SIGINT stops it, SIGHUP reloads routes."""
+    import os
+
     import uvloop
 
     from sampan.config import ConfigError, load_config
@@ -86,8 +102,77 @@ def up(
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
-    node = Node(config, admin_port=admin_port)
+    if worker is not None:
+        index, _, total = worker.partition("/")
+        node = Node(
+            config,
+            admin_port=admin_port,
+            gateway_port=port,
+            config_path=file,
+            worker=int(index),
+            workers=int(total),
+        )
+        uvloop.run(node.run(run_for))
+        return
+    count = workers or config.gateway.workers or (os.cpu_count() or 1)
+    if count > 1 and config.routes and config.gateway.enabled:
+        if port == 0 or (port is None and config.gateway.listen.port == 0):
+            typer.echo("error: --workers > 1 needs a fixed gateway port", err=True)
+            raise typer.Exit(2)
+        from sampan.workers import Supervisor
+
+        extra = [f"--log-level={log_level}"]
+        if run_for is not None:
+            extra.append(f"--run-for={run_for}")
+        if admin_port is not None:
+            extra.append(f"--admin-port={admin_port}")
+        if port is not None:
+            extra.append(f"--port={port}")
+        raise typer.Exit(Supervisor(file, count, extra).run())
+    node = Node(config, admin_port=admin_port, gateway_port=port, config_path=file)
     uvloop.run(node.run(run_for))
+
+
+@app.command()
+def routes(file: Path) -> None:
+    """Print the effective route table: match, target and plugin chain of every route."""
+    from sampan.config import ConfigError, load_config
+    from sampan.gateway.route_listing import describe_routes
+
+    try:
+        config = load_config(file)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(describe_routes(config))
+
+
+docs_app = typer.Typer(help="Generate documents from a config.")
+app.add_typer(docs_app, name="docs")
+
+
+@docs_app.command("openapi")
+def docs_openapi(
+    file: Path,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Write an OpenAPI 3.1 document of the gateway's routes."""
+    from sampan.config import ConfigError, load_config
+    from sampan.gateway.openapi import openapi_document
+
+    try:
+        config = load_config(file)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    text = orjson.dumps(openapi_document(config), option=orjson.OPT_INDENT_2).decode() + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}")
 
 
 def main() -> None:

@@ -28,7 +28,8 @@ from sampan.bus.base import Bus, Delivery, Handler, Retention
 from sampan.bus.consumer import Consumer, ConsumerOptions
 from sampan.bus.factory import open_bus
 from sampan.bus.sqlite import SqliteBusOptions
-from sampan.config import RetentionConfig, SampanConfig
+from sampan.config import ConfigError, RetentionConfig, SampanConfig, load_config
+from sampan.gateway.service import GatewayService
 from sampan.observe.metrics import Metrics
 from sampan.python_target import load_target
 
@@ -45,6 +46,7 @@ class TaskContext:
     stopping: asyncio.Event
     node_name: str
     admin_url: str | None = None
+    gateway_url: str | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sampan.task"))
 
 
@@ -55,8 +57,25 @@ def retention_of(config: RetentionConfig | None) -> Retention | None:
 
 
 class Node:
-    def __init__(self, config: SampanConfig, *, admin_port: int | None = None) -> None:
+    """``worker`` > 0 makes a gateway-only process of a multi-worker node: it shares the
+    listener (SO_REUSEPORT) and the bus, while worker 0 alone runs consumers and tasks."""
+
+    def __init__(
+        self,
+        config: SampanConfig,
+        *,
+        admin_port: int | None = None,
+        gateway_port: int | None = None,
+        config_path: Path | None = None,
+        worker: int = 0,
+        workers: int = 1,
+    ) -> None:
         self.config = config
+        self.config_path = config_path
+        self.worker = worker
+        self.workers = workers
+        self._gateway_port = gateway_port
+        self.gateway: GatewayService | None = None
         self.metrics = Metrics()
         bus_config = config.bus
         data_dir = Path(config.node.data_dir)
@@ -75,8 +94,10 @@ class Node:
         self.stopping = asyncio.Event()
         self.consumers: list[Consumer] = []
         self.admin: AdminServer | None = None
-        self._admin_port = config.node.admin.port if admin_port is None else admin_port
+        base_port = config.node.admin.port if admin_port is None else admin_port
+        self._admin_port = base_port + worker if base_port else 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._lag: dict[tuple[str, str], float] = {}
         self._started = False
@@ -99,6 +120,14 @@ class Node:
             )
             self.admin = AdminServer(app, host=config.node.admin.host, port=self._admin_port)
             await self.admin.start()
+        if config.routes and config.gateway.enabled:
+            self.gateway = GatewayService(
+                config, self.metrics, self.bus, reuse_port=self.workers > 1
+            )
+            await self.gateway.start(self._gateway_port)
+        if self.worker > 0:
+            log.info("worker %d/%d up (gateway only)", self.worker, self.workers)
+            return
         for sub in config.subscriptions:
             retry = (sub.retry or config.bus.retry).policy()
             consumer = Consumer(
@@ -123,7 +152,7 @@ class Node:
             self._tasks.append(asyncio.create_task(self._run_task(task.run, run, ctx)))
         self._maintenance = asyncio.create_task(self._maintain())
         log.info(
-            "node %s up: bus %s, admin %s, %d consumer(s), %d task(s)",
+            "node %s up: bus %s, admin %s, %d consumer(s), %d task(s)",  # tests parse this
             config.node.name,
             self.bus_url,
             self.admin_url or "off",
@@ -137,6 +166,8 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.gateway is not None:
+            await self.gateway.stop()  # drain HTTP first: it publishes into the bus
         await asyncio.gather(*(c.stop(grace) for c in self.consumers), return_exceptions=True)
         if self._maintenance is not None:
             self._maintenance.cancel()
@@ -152,15 +183,48 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
         try:
             await self.start()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(run_for):
                     await self.stopping.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+    # -- hot reload ---------------------------------------------------------------------------
+
+    def _reload_in_background(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Re-read the config file and swap the gateway's routes; a broken config is refused
+        with its errors and the running routes keep serving."""
+        if self.config_path is None or self.gateway is None:
+            return False, ["this node has no config file or no gateway to reload"]
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            errors = [issue.format() for issue in exc.issues]
+            log.error("reload refused, keeping the running routes:\n%s", "\n".join(errors))
+            return False, errors
+        try:
+            count = await self.gateway.reload(config)
+        except Exception as exc:
+            log.error("reload refused, keeping the running routes: %s", exc)
+            return False, [str(exc)]
+        self.config = config
+        return True, [f"{count} route(s) loaded"]
+
+    @property
+    def gateway_url(self) -> str | None:
+        if self.gateway is None:
+            return None
+        return f"http://{self.config.gateway.listen.host}:{self.gateway.port}"
 
     @property
     def admin_url(self) -> str | None:
@@ -172,7 +236,13 @@ class Node:
 
     def _context(self, options: dict[str, Any]) -> TaskContext:
         return TaskContext(
-            self.bus, self.metrics, options, self.stopping, self.config.node.name, self.admin_url
+            self.bus,
+            self.metrics,
+            options,
+            self.stopping,
+            self.config.node.name,
+            self.admin_url,
+            self.gateway_url,
         )
 
     def _handler(self, dotted: str) -> Handler:
@@ -255,4 +325,23 @@ class Node:
                 )
             return JSONResponse(result)
 
-        return [Route("/api/topics", topics)]
+        async def reload(request: Request) -> JSONResponse:
+            ok, messages = await self.reload()
+            if ok:
+                return JSONResponse({"status": "reloaded", "detail": messages})
+            return JSONResponse(
+                {
+                    "type": "about:blank",
+                    "title": "Reload refused",
+                    "status": 422,
+                    "detail": "the running routes keep serving",
+                    "errors": messages,
+                },
+                status_code=422,
+                media_type="application/problem+json",
+            )
+
+        return [
+            Route("/api/topics", topics),
+            Route("/api/reload", reload, methods=["POST"]),
+        ]

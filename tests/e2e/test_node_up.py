@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
 import textwrap
 import time
 from pathlib import Path
@@ -90,18 +92,27 @@ def test_broken_config_is_refused_with_located_errors(tmp_path: Path) -> None:
 
 def test_demo_shows_orders_flowing(tmp_path: Path, start_node: Any) -> None:
     repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gateway_port = s.getsockname()[1]
     node = start_node(
         repo / "examples" / "demo" / "sampan.yaml",
         "--run-for",
-        "4",
-        env={"SAMPAN_DATA_DIR": str(tmp_path / "demo"), "DEMO_RATE": "300"},
+        "5",
+        env={
+            "SAMPAN_DATA_DIR": str(tmp_path / "demo"),
+            "SAMPAN_GATEWAY_PORT": str(gateway_port),
+            "DEMO_RATE": "300",
+        },
     )
-    assert node.process.wait(timeout=40) == 0, node.output()
+    assert node.process.wait(timeout=60) == 0, node.output()
     output = node.output()
-    last = [line for line in output.splitlines() if " published " in line][-1]
-    published = int(last.split("published ")[1].split()[0])
-    processed = int(last.split("processed ")[1].split()[0])
-    assert published > 500
-    assert processed > 0.8 * published
+    last = [line for line in output.splitlines() if "POST /orders 202:" in line][-1]
+    accepted = int(re.search(r"202: (\d+)", last).group(1))  # type: ignore[union-attr]
+    refused = int(re.search(r"refused (\d+)", last).group(1))  # type: ignore[union-attr]
+    processed = int(re.search(r"processed (\d+)", last).group(1))  # type: ignore[union-attr]
+    assert accepted > 500, last
+    assert refused == 0, last
+    assert processed > 0.8 * accepted, last
     assert "dead-lettered" in last
     assert "/metrics" in output

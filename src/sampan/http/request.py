@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sampan.http.body import EMPTY_BODY, Body
+from sampan.http.body import Body, BytesBody
 from sampan.http.headers import Headers
 
 
@@ -37,7 +37,7 @@ class Request:
         headers: Headers,
         *,
         http_version: str = "1.1",
-        body: Body = EMPTY_BODY,
+        body: Body | None = None,
         client: tuple[str, int] = ("", 0),
         server: tuple[str, int] = ("", 0),
         scheme: str = "http",
@@ -50,7 +50,7 @@ class Request:
         self.query = query
         self.headers = headers
         self.http_version = http_version
-        self.body = body
+        self.body: Body = body if body is not None else BytesBody()
         self.client = client
         self.server = server
         self.scheme = scheme
