@@ -12,6 +12,7 @@ import typer
 
 from sampan import __version__
 from sampan.cli_bus import bus_app
+from sampan.cli_mesh import mesh_app
 
 app = typer.Typer(
     help="sampan: API gateway, service mesh and event bus in one self-hosted node.",
@@ -19,6 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(bus_app, name="bus")
+app.add_typer(mesh_app, name="mesh")
+log = logging.getLogger("sampan.cli")
 
 
 def version_callback(value: bool) -> None:
@@ -145,6 +148,117 @@ def routes(file: Path) -> None:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     typer.echo(describe_routes(config))
+
+
+@app.command()
+def sidecar(
+    service: Annotated[str, typer.Option("--service", help="The service this sidecar fronts.")],
+    app_address: Annotated[
+        str, typer.Option("--app", help="host:port of the app, e.g. 127.0.0.1:8000.")
+    ],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="sampan.yaml with mesh: and services:.")
+    ],
+    inbound: Annotated[
+        str, typer.Option("--inbound", help="mTLS listener for callers (host:port).")
+    ] = "0.0.0.0:15443",
+    outbound: Annotated[
+        str, typer.Option("--outbound", help="Local listener for the app's calls ('' = none).")
+    ] = "127.0.0.1:15001",
+    admin_port: Annotated[int, typer.Option("--admin-port", help="Metrics port (0 = any).")] = (
+        15090
+    ),
+    run_for: Annotated[float | None, typer.Option("--run-for", hidden=True)] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Put the mesh in front of an existing service: inbound mTLS + authorisation + metrics,
+    and a local outbound listener with balancing, retries, deadlines and mTLS."""
+    import asyncio
+    import contextlib
+    import signal
+
+    import uvloop
+
+    from sampan.admin.runner import AdminServer
+    from sampan.admin.server import create_admin_app
+    from sampan.config import ConfigError, load_config
+    from sampan.mesh.sidecar import Sidecar
+    from sampan.observe.metrics import Metrics
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        loaded = load_config(config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+    def address(text: str) -> tuple[str, int]:
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit():
+            typer.echo(f"error: {text!r}: expected host:port", err=True)
+            raise typer.Exit(2)
+        return host.strip("[]"), int(port)
+
+    async def main() -> None:
+        metrics = Metrics()
+        try:
+            car = Sidecar(
+                loaded,
+                service=service,
+                app_url=f"http://{app_address}",
+                inbound=address(inbound),
+                outbound=address(outbound) if outbound else None,
+                metrics=metrics,
+            )
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        admin = AdminServer(create_admin_app(metrics), host="127.0.0.1", port=admin_port)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await car.start()
+        await admin.start()
+        log.info("sidecar admin on http://127.0.0.1:%d", admin.port)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(run_for):
+                await stopping.wait()
+        await admin.stop()
+        await car.stop()
+
+    uvloop.run(main())
+
+
+@app.command()
+def services(
+    admin: Annotated[
+        str, typer.Option("--admin", help="Admin URL of a running node.")
+    ] = "http://127.0.0.1:9090",
+    json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Print each service's endpoints: health, EWMA latency, breaker state, ejections."""
+    import httpx
+
+    try:
+        answer = httpx.get(admin.rstrip("/") + "/api/services", timeout=5)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {admin}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if answer.status_code != 200:
+        typer.echo(f"error: {admin} answered {answer.status_code}: {answer.text}", err=True)
+        raise typer.Exit(1)
+    data = answer.json()
+    if json:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    from sampan.mesh.service_listing import describe_services
+
+    typer.echo(describe_services(data))
 
 
 docs_app = typer.Typer(help="Generate documents from a config.")

@@ -37,6 +37,7 @@ from sampan.config_loader import (
     validate_document,
 )
 from sampan.gateway.config import ConsumerConfig, GatewayConfig, RouteConfig
+from sampan.mesh.config import MeshConfig, ServiceConfig
 from sampan.units import ByteSize, Duration, describe_value
 
 __all__ = [
@@ -384,6 +385,45 @@ class SampanConfig(_Section):
     routes: list[RouteConfig] = Field(
         default_factory=list, description="Gateway routes, each to a service, topic or response."
     )
+    services: list[ServiceConfig] = Field(
+        default_factory=list,
+        description="Named upstream services with discovery, balancing and resilience (mesh).",
+    )
+    mesh: MeshConfig = Field(
+        default_factory=MeshConfig, description="Identity (mTLS), authorisation, deadlines."
+    )
+
+    @field_validator("services")
+    @classmethod
+    def _unique_services(cls, services: list[ServiceConfig]) -> list[ServiceConfig]:
+        seen: set[str] = set()
+        for service in services:
+            if service.name in seen:
+                raise ValueError(f"service {service.name!r} is defined twice")
+            seen.add(service.name)
+        return services
+
+    @model_validator(mode="after")
+    def _routes_name_known_services(self) -> Self:
+        known = {service.name for service in self.services}
+        problems = []
+        for index, route in enumerate(self.routes):
+            target = route.target.service
+            if target is not None and target.service is not None and target.service not in known:
+                problems.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "unknown_service",
+                            "no service named '{name}' in `services:` (known: {known})",
+                            {"name": target.service, "known": ", ".join(sorted(known)) or "none"},
+                        ),
+                        loc=("routes", index, "target", "service", "service"),
+                        input=target.service,
+                    )
+                )
+        if problems:
+            raise ValidationError.from_exception_data("SampanConfig", problems)
+        return self
 
     @field_validator("routes")
     @classmethod

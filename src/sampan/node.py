@@ -20,7 +20,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from sampan.admin.runner import AdminServer
 from sampan.admin.server import create_admin_app
@@ -30,6 +30,7 @@ from sampan.bus.factory import open_bus
 from sampan.bus.sqlite import SqliteBusOptions
 from sampan.config import ConfigError, RetentionConfig, SampanConfig, load_config
 from sampan.gateway.service import GatewayService
+from sampan.mesh.mesh import Mesh
 from sampan.observe.metrics import Metrics
 from sampan.python_target import load_target
 
@@ -77,6 +78,11 @@ class Node:
         self._gateway_port = gateway_port
         self.gateway: GatewayService | None = None
         self.metrics = Metrics()
+        self.mesh: Mesh | None = (
+            Mesh(config.mesh, config.services, self.metrics)
+            if config.services or config.mesh.identity is not None
+            else None
+        )
         bus_config = config.bus
         data_dir = Path(config.node.data_dir)
         self.bus_url = bus_config.resolved_url(data_dir)
@@ -120,9 +126,11 @@ class Node:
             )
             self.admin = AdminServer(app, host=config.node.admin.host, port=self._admin_port)
             await self.admin.start()
+        if self.mesh is not None:
+            await self.mesh.start()
         if config.routes and config.gateway.enabled:
             self.gateway = GatewayService(
-                config, self.metrics, self.bus, reuse_port=self.workers > 1
+                config, self.metrics, self.bus, mesh=self.mesh, reuse_port=self.workers > 1
             )
             await self.gateway.start(self._gateway_port)
         if self.worker > 0:
@@ -172,6 +180,8 @@ class Node:
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
+        if self.mesh is not None:
+            await self.mesh.stop()
         if self.admin is not None:
             await self.admin.stop()
         if self._started:
@@ -305,7 +315,7 @@ class Node:
             "bus": self.bus_url,
         }
 
-    def _admin_routes(self) -> list[Route]:
+    def _admin_routes(self) -> list[BaseRoute]:
         async def topics(request: Request) -> JSONResponse:
             result = []
             for t in await self.bus.topics():
@@ -341,7 +351,10 @@ class Node:
                 media_type="application/problem+json",
             )
 
-        return [
+        routes: list[BaseRoute] = [
             Route("/api/topics", topics),
             Route("/api/reload", reload, methods=["POST"]),
         ]
+        if self.mesh is not None:
+            routes.extend(self.mesh.admin_routes())
+        return routes

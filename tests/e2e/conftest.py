@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,14 +50,15 @@ class RunningNode:
 
 
 @pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[object]:
+def start_sampan(tmp_path: Path) -> Iterator[object]:
+    """Start any long-running ``sampan`` command; killed at the end of the test."""
     started: list[RunningNode] = []
 
-    def start(config: Path, *extra: str, env: dict[str, str] | None = None) -> RunningNode:
-        log = tmp_path / f"node-{len(started)}.log"
+    def start(*args: str, env: dict[str, str] | None = None) -> RunningNode:
+        log = tmp_path / f"sampan-{len(started)}.log"
         handle = log.open("w")
         process = subprocess.Popen(
-            [SAMPAN, "up", str(config), "--admin-port", "0", *extra],
+            [SAMPAN, *args],
             stdout=handle,
             stderr=subprocess.STDOUT,
             text=True,
@@ -71,3 +73,11 @@ def start_node(tmp_path: Path) -> Iterator[object]:
         if node.process.poll() is None:
             node.process.kill()
             node.process.wait()
+
+
+@pytest.fixture
+def start_node(start_sampan: Any) -> object:
+    def start(config: Path, *extra: str, env: dict[str, str] | None = None) -> RunningNode:
+        return start_sampan("up", str(config), "--admin-port", "0", *extra, env=env)  # type: ignore[no-any-return]
+
+    return start

@@ -274,7 +274,10 @@ def test_workers_share_the_port_and_crashed_workers_come_back(
     config = gateway_config(tmp_path, upstream, port)
     node = start_node(config, "--port", str(port), "--workers", "2")
     node.wait_for(r"worker 1/2 up")
-    node.wait_for(r"gateway listening")
+    deadline = time.monotonic() + 20
+    while len(re.findall(r"gateway listening", node.output())) < 2:
+        assert time.monotonic() < deadline, node.output()
+        time.sleep(0.05)
     pids = {int(p) for p in re.findall(r"Started server process \[(\d+)\]", node.output())}
     with httpx.Client() as client:
         statuses = {client.get(f"http://127.0.0.1:{port}/health").status_code for _ in range(50)}

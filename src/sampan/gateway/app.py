@@ -83,6 +83,8 @@ class Gateway:
                 response = await plugin.on_request(request)
                 if response is not None:
                     break
+            if response is None and route.fault is not None:
+                response = await route.fault.apply(request)
             if response is None:
                 response = await route.target(request, found, route.body_limit)
             for plugin in route.response_plugins:

@@ -8,7 +8,7 @@ both, and the config loader reports its errors at the entry's location.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -19,7 +19,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core.core_schema import ErrorType
 
+from sampan.mesh.fault import FaultConfig
 from sampan.units import ByteSize, Duration
 
 
@@ -27,12 +29,21 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+# Pydantic's own error kinds can be re-raised by name; custom ones (durations, sizes) and
+# value errors are re-raised with their message.
+BUILTIN_ERROR_TYPES = frozenset(get_args(ErrorType))
+
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class ListenConfig(_Section):
     host: str = Field("127.0.0.1", description="Address the data plane binds to.")
     port: int = Field(8080, ge=0, le=65535, description="Data-plane port (0 = any free port).")
+    mtls: bool = Field(
+        False,
+        description="Terminate mTLS with the node's mesh identity and authorise every caller's "
+        "SPIFFE ID against mesh.authorization (403 when denied).",
+    )
 
 
 class LimitsConfig(_Section):
@@ -84,7 +95,7 @@ class PluginEntry(_Section):
                     InitErrorDetails(
                         type=PydanticCustomError(
                             "unknown_plugin",
-                            "unknown plugin {name!r} (expected one of: {known})",
+                            "unknown plugin '{name}' (expected one of: {known})",
                             {"name": self.name, "known": ", ".join(sorted(types))},
                         ),
                         loc=("name",),
@@ -100,8 +111,9 @@ class PluginEntry(_Section):
                 [
                     InitErrorDetails(
                         type=error["type"]
-                        if not error["type"].startswith("value_error")
-                        else PydanticCustomError("value_error", error["msg"]),
+                        if error["type"] in BUILTIN_ERROR_TYPES
+                        and not error["type"].startswith("value_error")
+                        else PydanticCustomError(error["type"], error["msg"]),
                         loc=("config", *error["loc"]),
                         input=error["input"],
                         ctx=error.get("ctx", {}),
@@ -252,6 +264,9 @@ class RouteConfig(_Section):
         default_factory=list, description="Plugins of this route (merged with the global ones)."
     )
     max_body_bytes: ByteSize | None = Field(None, description="Overrides limits.max_body_bytes.")
+    fault: FaultConfig | None = Field(
+        None, description="Inject delays or aborts into a share of requests (resilience tests)."
+    )
     description: str | None = Field(None, description="For the OpenAPI document.")
 
     @field_validator("name")

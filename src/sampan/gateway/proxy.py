@@ -32,6 +32,7 @@ from sampan.http.client import (
 from sampan.http.headers import Headers
 from sampan.http.request import Request
 from sampan.http.response import RawConnection, Response, problem
+from sampan.mesh.tracing import next_traceparent
 
 log = logging.getLogger("sampan.gateway.proxy")
 
@@ -143,6 +144,7 @@ class Proxy:
         if base:
             target = base + target if target.startswith(b"/") else base + b"/" + target
         headers, upgrade = self._request_headers(request, authority)
+        headers.set(b"traceparent", next_traceparent(request.headers.get(b"traceparent")))
         try:
             if upgrade is not None:
                 return await self._upgrade(request, endpoint, target, headers, upgrade)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from sampan.bus.base import Bus
 from sampan.gateway.config import ConsumerConfig, GatewayConfig, RouteConfig
+from sampan.gateway.mesh_proxy import MeshProxy
 from sampan.gateway.plugins.base import Plugin, PluginEnvironment
 from sampan.gateway.plugins.registry import build_chain
 from sampan.gateway.proxy import Proxy, upstream_target
@@ -22,6 +23,8 @@ from sampan.gateway.topic_target import TopicPublisher
 from sampan.http.client import ConnectionPool
 from sampan.http.request import Request
 from sampan.http.response import Response, problem
+from sampan.mesh.fault import FaultInjector
+from sampan.mesh.mesh import Mesh
 from sampan.observe.metrics import Metrics, TargetMetrics
 
 # (request, route match, body limit) -> response
@@ -39,6 +42,7 @@ class CompiledRoute:
     target: Target
     body_limit: int
     quartet: TargetMetrics
+    fault: FaultInjector | None = None
     plugins: tuple[Plugin, ...] = ()
     request_plugins: tuple[Plugin, ...] = field(default=())
     response_plugins: tuple[Plugin, ...] = field(default=())
@@ -98,6 +102,8 @@ async def build_route_table(
     bus: Bus | None,
     node_name: str = "sampan",
     redis_url: str | None = None,
+    mesh: Mesh | None = None,
+    deadline_header: str = "x-sampan-deadline-ms",
 ) -> RouteTable:
     compiled: list[CompiledRoute] = []
     started: list[Plugin] = []
@@ -128,13 +134,14 @@ async def build_route_table(
                 CompiledRoute(
                     name=route.name,
                     config=route,
-                    target=_target(route, gateway, pool, bus),
+                    target=_target(route, gateway, pool, bus, mesh, deadline_header),
                     body_limit=(
                         route.max_body_bytes
                         if route.max_body_bytes is not None
                         else gateway.limits.max_body_bytes
                     ),
                     quartet=metrics.target("route", route.name),
+                    fault=FaultInjector(route.fault) if route.fault is not None else None,
                     plugins=tuple(chain),
                     request_plugins=tuple(p for p in chain if p.handles_requests()),
                     response_plugins=tuple(p for p in reversed(chain) if p.handles_responses()),
@@ -150,9 +157,25 @@ async def build_route_table(
 
 
 def _target(
-    route: RouteConfig, gateway: GatewayConfig, pool: ConnectionPool, bus: Bus | None
+    route: RouteConfig,
+    gateway: GatewayConfig,
+    pool: ConnectionPool,
+    bus: Bus | None,
+    mesh: Mesh | None,
+    deadline_header: str,
 ) -> Target:
     target = route.target
+    if target.service is not None and target.service.service is not None:
+        if mesh is None:
+            raise RouteTableError(f"route {route.name!r} names a service but the mesh is off")
+        mesh_proxy = MeshProxy(
+            mesh.service(target.service.service),
+            route_name=route.name,
+            trusted_proxies=gateway.trusted_proxies,
+            deadline_header=deadline_header,
+            preserve_host=target.service.preserve_host,
+        )
+        return ProxyTarget(mesh_proxy, route)
     if target.service is not None:
         proxy = Proxy(
             target.service,

@@ -8,9 +8,13 @@ import logging
 from sampan.bus.base import Bus
 from sampan.config import SampanConfig
 from sampan.gateway.app import Gateway
-from sampan.gateway.route_table import RouteTable, build_route_table
+from sampan.gateway.route_table import RouteTable, RouteTableError, build_route_table
 from sampan.http.client import ConnectionPool
-from sampan.http.server import HttpServer
+from sampan.http.request import Request
+from sampan.http.response import Response
+from sampan.http.server import Handler, HttpServer
+from sampan.mesh.identity.authz import AuthorizationGate
+from sampan.mesh.mesh import Mesh
 from sampan.observe.metrics import Metrics
 
 log = logging.getLogger("sampan.gateway")
@@ -18,11 +22,18 @@ log = logging.getLogger("sampan.gateway")
 
 class GatewayService:
     def __init__(
-        self, config: SampanConfig, metrics: Metrics, bus: Bus | None, *, reuse_port: bool = False
+        self,
+        config: SampanConfig,
+        metrics: Metrics,
+        bus: Bus | None,
+        *,
+        mesh: Mesh | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.bus = bus
+        self.mesh = mesh
         self.reuse_port = reuse_port
         self.pool = ConnectionPool()
         self.gateway: Gateway | None = None
@@ -38,18 +49,29 @@ class GatewayService:
             pool=self.pool,
             bus=self.bus,
             node_name=config.node.name,
+            mesh=self.mesh,
+            deadline_header=config.mesh.deadline_header,
         )
 
     async def start(self, port: int | None = None) -> None:
         table = await self._table(self.config)
         self.gateway = Gateway(self.config.gateway, table, self.metrics)
         listen = self.config.gateway.listen
+        handler: Handler = self.gateway.handle
+        tls = None
+        if listen.mtls:
+            if self.mesh is None or self.mesh.server_tls is None:
+                raise RouteTableError("gateway.listen.mtls needs mesh.identity")
+            tls = self.mesh.server_tls
+            handler = self._authorised(self.gateway.handle, self.mesh)
         self.server = HttpServer(
-            self.gateway.handle,
+            handler,
             self.config.gateway.limits,
             host=listen.host,
             port=listen.port if port is None else port,
             reuse_port=self.reuse_port,
+            ssl=tls,
+            scheme="https" if tls is not None else "http",
         )
         await self.server.start()
         log.info(
@@ -58,6 +80,17 @@ class GatewayService:
             self.server.port,
             len(table.routes),
         )
+
+    def _authorised(self, handler: Handler, mesh: Mesh) -> Handler:
+        """Only callers whose SPIFFE ID the policy allows reach the routes."""
+        assert mesh.config.identity is not None
+        gate = AuthorizationGate(mesh.policy, mesh.config.identity.service, self.metrics)
+
+        async def guarded(request: Request) -> Response:
+            denied = gate.authorize(request)
+            return denied if denied is not None else await handler(request)
+
+        return guarded
 
     @property
     def port(self) -> int:

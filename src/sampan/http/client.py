@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -68,6 +69,9 @@ class Endpoint:
     host: str
     port: int
     tls: bool = False
+    peer_id: str | None = None
+    """With ``tls``: the identity the server must prove (checked by the pool's
+    ``peer_verifier``, e.g. a SPIFFE ID in the mesh, where hostnames are not checked)."""
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
@@ -668,6 +672,11 @@ def _build_head(
     return head, chunked, close
 
 
+# Called once per new TLS connection with the SSL object and the endpoint's ``peer_id``;
+# raises when the server is not who it must be.
+PeerVerifier = Callable[[Any, str], object]
+
+
 class ConnectionPool:
     """Keep-alive connections to upstream endpoints, shared by every route of a node."""
 
@@ -677,11 +686,13 @@ class ConnectionPool:
         max_idle_per_endpoint: int = 64,
         idle_timeout: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
+        peer_verifier: PeerVerifier | None = None,
     ) -> None:
         self._idle: IdleConnections[Endpoint, _Connection] = IdleConnections(
             max_per_key=max_idle_per_endpoint, idle_timeout=idle_timeout
         )
         self._ssl_context = ssl_context
+        self._peer_verifier = peer_verifier
         self._open: set[_Connection] = set()
         self._created = 0
         self._reused = 0
@@ -873,6 +884,21 @@ class ConnectionPool:
         except (OSError, ssl.SSLError) as exc:
             kind: ErrorKind = "connect"
             raise UpstreamError(kind, f"cannot connect: {exc}", phase="connect") from exc
+        if endpoint.peer_id is not None and endpoint.tls:
+            if self._peer_verifier is None:
+                conn.close()
+                raise UpstreamError(
+                    "connect", "no verifier for the expected peer identity", phase="connect"
+                )
+            try:
+                transport = conn.transport
+                ssl_object = transport.get_extra_info("ssl_object") if transport else None
+                self._peer_verifier(ssl_object, endpoint.peer_id)
+            except Exception as exc:
+                conn.close()
+                raise UpstreamError(
+                    "connect", f"wrong server identity: {exc}", phase="connect"
+                ) from exc
         self._created += 1
         return conn
 

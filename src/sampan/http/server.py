@@ -40,6 +40,7 @@ from sampan.http.streaming_body import (
     MalformedBody,
     StreamingBody,
 )
+from sampan.mesh.identity.tls import peer_spiffe_id
 
 if TYPE_CHECKING:
     from sampan.gateway.config import LimitsConfig
@@ -223,6 +224,7 @@ class _Connection(asyncio.Protocol):
         "_parser",
         "_pause_mask",
         "_pbody",
+        "_peer_id",
         "_phase",
         "_queue",
         "_raw",
@@ -238,6 +240,7 @@ class _Connection(asyncio.Protocol):
         "_te",
         "_timer",
         "_timer_when",
+        "_tls",
         "_transport",
         "_upbuf",
         "_upbuf_size",
@@ -264,6 +267,10 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._client: tuple[str, int] = ("", 0)
         self._sockname: tuple[str, int] = ("", 0)
+        # TLS: the client certificate's SPIFFE ID, read once per connection (the handshake
+        # is done when connection_made runs) and put on each request as state["peer_id"].
+        self._tls = srv.ssl is not None
+        self._peer_id: str | None = None
         self.ip = ""
         self.admitted = False
         self._mode = _HTTP
@@ -323,6 +330,8 @@ class _Connection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple) and len(local) >= 2:
             self._sockname = (str(local[0]), int(local[1]))
+        if self._tls:
+            self._peer_id = peer_spiffe_id(transport.get_extra_info("ssl_object"))
         if not self._srv._admit(self):
             self._refuse()
             return
@@ -710,6 +719,8 @@ class _Connection(asyncio.Protocol):
             keep_alive=keep_alive,
             received_at=time.perf_counter(),
         )
+        if self._tls:
+            request.state["peer_id"] = self._peer_id
         if not keep_alive:
             self._no_more = True
         self._upgrade_req = upgrade

@@ -1,0 +1,1 @@
+"""The service mesh: discovery, balancing, resilience and identity for every outbound call."""
