@@ -183,3 +183,47 @@ def test_sidecar_terminates_mtls_and_authorises_by_spiffe_id(
         httpx.get(f"http://127.0.0.1:{inbound}/charge")  # plain HTTP on the mTLS port
     process.process.send_signal(signal.SIGTERM)
     assert process.process.wait(timeout=20) == 0
+
+
+def test_gateway_terminates_mtls_and_authorises_callers(tmp_path: Path, start_node: Any) -> None:
+    ca = tmp_path / "ca"
+    assert (
+        run_sampan("mesh", "ca", "init", "--trust-domain", "shop.vn", "--dir", str(ca)).returncode
+        == 0
+    )
+    gateway_id = make_identity(ca, "edge", tmp_path / "edge")
+    orders = make_identity(ca, "orders", tmp_path / "orders")
+    reports = make_identity(ca, "reports", tmp_path / "reports")
+    port = free_port()
+    config = tmp_path / "sampan.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            node: {{name: edge, data_dir: data}}
+            gateway: {{listen: {{port: {port}, mtls: true}}, workers: 1}}
+            mesh:
+              trust_domain: shop.vn
+              identity: {{service: edge, cert: "{gateway_id.cert}", key: "{gateway_id.key}",
+                          ca: "{gateway_id.ca}"}}
+              authorization: ["svc/orders -> svc/edge"]
+            routes:
+              - name: hello
+                match: {{path: /hello}}
+                target: {{respond: {{status: 200, body: "xin chào"}}}}
+            """
+        )
+    )
+    node = start_node(config, "--port", str(port))
+    node.wait_for("gateway listening")
+    url = f"https://127.0.0.1:{port}/hello"
+    with httpx.Client(verify=client_context(orders)) as client:
+        allowed = client.get(url)
+    assert allowed.status_code == 200
+    assert allowed.text == "xin chào"
+    with httpx.Client(verify=client_context(reports)) as client:
+        denied = client.get(url)
+    assert denied.status_code == 403
+    metrics = httpx.get(node.admin_url + "/metrics").text
+    assert 'sampan_mesh_authz_denied_total{service="edge"} 1' in metrics
+    node.process.send_signal(signal.SIGTERM)
+    assert node.process.wait(timeout=20) == 0
