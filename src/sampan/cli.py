@@ -12,6 +12,7 @@ import typer
 
 from sampan import __version__
 from sampan.cli_bus import bus_app
+from sampan.cli_config import load_or_exit
 from sampan.cli_mesh import mesh_app
 
 app = typer.Typer(
@@ -42,13 +43,7 @@ def main_options(
 @app.command()
 def validate(file: Path) -> None:
     """Check a config file; print every error with file:line:column and key path."""
-    from sampan.config import ConfigError, load_config
-
-    try:
-        load_config(file)
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    load_or_exit(file)
     typer.echo(f"{file}: ok")
 
 
@@ -92,7 +87,6 @@ def up(
 
     import uvloop
 
-    from sampan.config import ConfigError, load_config
     from sampan.node import Node
 
     logging.basicConfig(
@@ -100,11 +94,7 @@ def up(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        config = load_config(file)
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    config = load_or_exit(file)
     if worker is not None:
         index, _, total = worker.partition("/")
         node = Node(
@@ -139,14 +129,9 @@ def up(
 @app.command()
 def routes(file: Path) -> None:
     """Print the effective route table: match, target and plugin chain of every route."""
-    from sampan.config import ConfigError, load_config
     from sampan.gateway.route_listing import describe_routes
 
-    try:
-        config = load_config(file)
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    config = load_or_exit(file)
     typer.echo(describe_routes(config))
 
 
@@ -181,7 +166,6 @@ def sidecar(
 
     from sampan.admin.runner import AdminServer
     from sampan.admin.server import create_admin_app
-    from sampan.config import ConfigError, load_config
     from sampan.mesh.sidecar import Sidecar
     from sampan.observe.metrics import Metrics
 
@@ -190,11 +174,7 @@ def sidecar(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        loaded = load_config(config)
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    loaded = load_or_exit(config)
 
     def address(text: str) -> tuple[str, int]:
         host, _, port = text.rpartition(":")
@@ -273,14 +253,9 @@ def docs_openapi(
     ] = None,
 ) -> None:
     """Write an OpenAPI 3.1 document of the gateway's routes."""
-    from sampan.config import ConfigError, load_config
     from sampan.gateway.openapi import openapi_document
 
-    try:
-        config = load_config(file)
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    config = load_or_exit(file)
     text = orjson.dumps(openapi_document(config), option=orjson.OPT_INDENT_2).decode() + "\n"
     if output is None:
         sys.stdout.write(text)

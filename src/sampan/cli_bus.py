@@ -15,6 +15,7 @@ import typer
 
 from sampan.bus.base import Bus, BusError, Delivery
 from sampan.bus.factory import open_bus
+from sampan.cli_config import load_or_exit
 
 T = TypeVar("T")
 
@@ -43,13 +44,7 @@ def resolve_url(url: str | None, config: Path | None) -> str:
     if url:
         return url
     if config is not None:
-        from sampan.config import ConfigError, load_config
-
-        try:
-            loaded = load_config(config)
-        except ConfigError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(2) from None
+        loaded = load_or_exit(config)
         return loaded.bus.resolved_url(Path(loaded.node.data_dir))
     return os.environ.get("SAMPAN_BUS_URL", DEFAULT_URL)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -105,6 +105,36 @@ ImportPath = Annotated[
     WithJsonSchema({"type": "string", "pattern": IMPORT_PATH_PATTERN}),
 ]
 """``package.module:attribute``: where user code is imported from."""
+
+
+T = TypeVar("T")
+
+
+def require_unique(
+    model: str, field: str, what: str, items: list[T], key: Callable[[T], str]
+) -> list[T]:
+    """One located error per repeated name (at ``field[i].name``), pointing at the first."""
+    first: dict[str, int] = {}
+    errors: list[InitErrorDetails] = []
+    for index, item in enumerate(items):
+        name = key(item)
+        if name in first:
+            errors.append(
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "duplicate_name",
+                        "duplicate {what} (already declared at {field}[{first}])",
+                        {"what": what, "field": field, "first": first[name]},
+                    ),
+                    loc=(index, "name" if field != "consumers" else "username"),
+                    input=name,
+                )
+            )
+        else:
+            first[name] = index
+    if errors:
+        raise ValidationError.from_exception_data(model, errors)
+    return items
 
 
 class _Section(BaseModel):
@@ -295,26 +325,7 @@ class BusConfig(_Section):
     @field_validator("topics")
     @classmethod
     def _unique_topics(cls, topics: list[TopicConfig]) -> list[TopicConfig]:
-        first: dict[str, int] = {}
-        errors: list[InitErrorDetails] = []
-        for index, topic in enumerate(topics):
-            if topic.name in first:
-                errors.append(
-                    InitErrorDetails(
-                        type=PydanticCustomError(
-                            "duplicate_topic",
-                            "duplicate topic name (already declared at topics[{first}])",
-                            {"first": first[topic.name]},
-                        ),
-                        loc=(index, "name"),
-                        input=topic.name,
-                    )
-                )
-            else:
-                first[topic.name] = index
-        if errors:  # one error per duplicate, each located at its own item
-            raise ValidationError.from_exception_data(cls.__name__, errors)
-        return topics
+        return require_unique(cls.__name__, "topics", "topic name", topics, lambda t: t.name)
 
     def resolved_url(self, data_dir: Path) -> str:
         """The bus URL, defaulting to SQLite in the data directory.
@@ -395,13 +406,10 @@ class SampanConfig(_Section):
 
     @field_validator("services")
     @classmethod
-    def _unique_services(cls, services: list[ServiceConfig]) -> list[ServiceConfig]:
-        seen: set[str] = set()
-        for service in services:
-            if service.name in seen:
-                raise ValueError(f"service {service.name!r} is defined twice")
-            seen.add(service.name)
-        return services
+    def _unique_services(cls, items: list[ServiceConfig]) -> list[ServiceConfig]:
+        return require_unique(
+            cls.__name__, "services", "service name", items, lambda item: item.name
+        )
 
     @model_validator(mode="after")
     def _routes_name_known_services(self) -> Self:
@@ -427,23 +435,15 @@ class SampanConfig(_Section):
 
     @field_validator("routes")
     @classmethod
-    def _unique_route_names(cls, routes: list[RouteConfig]) -> list[RouteConfig]:
-        seen: set[str] = set()
-        for route in routes:
-            if route.name in seen:
-                raise ValueError(f"route name {route.name!r} is used twice")
-            seen.add(route.name)
-        return routes
+    def _unique_route_names(cls, items: list[RouteConfig]) -> list[RouteConfig]:
+        return require_unique(cls.__name__, "routes", "route name", items, lambda item: item.name)
 
     @field_validator("consumers")
     @classmethod
-    def _unique_consumers(cls, consumers: list[ConsumerConfig]) -> list[ConsumerConfig]:
-        seen: set[str] = set()
-        for consumer in consumers:
-            if consumer.username in seen:
-                raise ValueError(f"consumer {consumer.username!r} is defined twice")
-            seen.add(consumer.username)
-        return consumers
+    def _unique_consumers(cls, items: list[ConsumerConfig]) -> list[ConsumerConfig]:
+        return require_unique(
+            cls.__name__, "consumers", "username", items, lambda item: item.username
+        )
 
     @model_validator(mode="after")
     def _resolve_paths(self, info: ValidationInfo) -> Self:

@@ -109,12 +109,9 @@ class Sidecar:
         denied = self.gate.authorize(request)
         if denied is not None:
             return denied
-        try:
-            request.path = normalize_path(request.path, encoded_slash="reject")
-        except BadPath as exc:
-            return problem(400, "Bad request path", exc.reason)
-        request.state["client_ip"] = client_ip(request, [])
-        target = upstream_target(request, None, False, None, {})
+        target = _prepared_target(request)
+        if isinstance(target, Response):
+            return target
         return await self.app(request, upstream_path=target)
 
     async def _outbound(self, request: Request) -> Response:
@@ -127,10 +124,17 @@ class Sidecar:
                 f"no service named {name!r} (set Host to one of: "
                 f"{', '.join(sorted(self.outbound_proxies)) or 'none'})",
             )
-        try:
-            request.path = normalize_path(request.path, encoded_slash="reject")
-        except BadPath as exc:
-            return problem(400, "Bad request path", exc.reason)
-        request.state["client_ip"] = client_ip(request, [])
-        target = upstream_target(request, None, False, None, {})
+        target = _prepared_target(request)
+        if isinstance(target, Response):
+            return target
         return await proxy(request, upstream_path=target)
+
+
+def _prepared_target(request: Request) -> bytes | Response:
+    """Normalise the path (a sidecar is as strict as the gateway) and build the target."""
+    try:
+        request.path = normalize_path(request.path, encoded_slash="reject")
+    except BadPath as exc:
+        return problem(400, "Bad request path", exc.reason)
+    request.state["client_ip"] = client_ip(request, [])
+    return upstream_target(request, None, False, None, {})
