@@ -17,6 +17,8 @@ from pathlib import Path
 log = logging.getLogger("sampan.workers")
 
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+STABLE_AFTER = 60.0
+"""A worker up this long before it died restarts with the shortest backoff again."""
 
 
 class Supervisor:
@@ -26,7 +28,9 @@ class Supervisor:
         self.extra_args = extra_args
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.restarts: dict[int, int] = {}
+        self.started_at: dict[int, float] = {}
         self.stopping = False
+        self.running_at_stop: set[int] = set()
 
     def _spawn(self, index: int) -> None:
         command = [
@@ -40,10 +44,15 @@ class Supervisor:
             *self.extra_args,
         ]
         self.processes[index] = subprocess.Popen(command)
+        self.started_at[index] = time.monotonic()
 
     def _forward(self, signum: int, _frame: object) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
+        if signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             self.stopping = True
+            # The stop is judged by how these exit; an earlier crash was logged already.
+            self.running_at_stop = {
+                i for i, process in self.processes.items() if process.poll() is None
+            }
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signum)
@@ -63,13 +72,22 @@ class Supervisor:
                     continue
                 if self.stopping or code == 0:
                     continue  # asked to stop, or finished by itself (--run-for)
+                if time.monotonic() - self.started_at.get(index, 0.0) > STABLE_AFTER:
+                    self.restarts[index] = 0  # it had been fine for a while: back off afresh
                 attempt = self.restarts.get(index, 0)
                 delay = RESTART_BACKOFF[min(attempt, len(RESTART_BACKOFF) - 1)]
                 log.error("worker %d exited with %s; restarting in %.1fs", index, code, delay)
                 self.restarts[index] = attempt + 1
                 time.sleep(delay)
+                if self.stopping:  # SIGTERM arrived during the backoff: nothing to restart for
+                    continue
                 self._spawn(index)
                 alive = True
             if not alive:
-                return int(max(abs(p.returncode or 0) for p in self.processes.values()))
+                judged = (
+                    [self.processes[i] for i in self.running_at_stop]
+                    if self.stopping
+                    else list(self.processes.values())
+                )
+                return int(max((abs(p.returncode or 0) for p in judged), default=0))
             time.sleep(0.2)

@@ -314,3 +314,22 @@ def test_routes_and_openapi_commands(tmp_path: Path, upstream: int) -> None:
     assert spec["x-sampan-unlisted-routes"] == [
         {"route": "catalogue", "match": "prefix /api/catalogue"}
     ]
+
+
+def test_sigterm_during_a_restart_backoff_stops_everything(
+    tmp_path: Path, upstream: int, start_node: Any
+) -> None:
+    port = free_port()
+    config = gateway_config(tmp_path, upstream, port)
+    node = start_node(config, "--port", str(port), "--workers", "2")
+    node.wait_for(r"worker 1/2 up")
+    deadline = time.monotonic() + 20
+    while len(re.findall(r"Started server process \[(\d+)\]", node.output())) < 2:
+        assert time.monotonic() < deadline, node.output()
+        time.sleep(0.05)
+    victim = max(int(p) for p in re.findall(r"Started server process \[(\d+)\]", node.output()))
+    os.kill(victim, signal.SIGKILL)
+    node.wait_for(r"exited with -9; restarting in")
+    node.process.send_signal(signal.SIGTERM)  # lands while the supervisor waits to restart
+    assert node.process.wait(timeout=20) == 0
+    assert len(re.findall(r"Started server process", node.output())) == 2  # none restarted

@@ -66,7 +66,9 @@ class Payments:
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.server.port, tls=True)
+        return Endpoint(
+            "127.0.0.1", self.server.port, tls=True, peer_id="spiffe://sampan.local/svc/payments"
+        )
 
     def denied(self) -> str | None:
         prefix = 'sampan_mesh_authz_denied_total{service="payments"} '
@@ -123,7 +125,7 @@ async def test_authorised_call_succeeds_and_the_server_sees_the_caller(
     ca: LoadedCa, tmp_path: Path, payments: Payments
 ) -> None:
     orders = make_identity(ca, "orders", tmp_path / "orders")
-    pool = ConnectionPool(ssl_context=client_context(orders))
+    pool = ConnectionPool(ssl_context=client_context(orders), peer_verifier=check_peer_id)
     try:
         assert await call(pool, payments.endpoint) == (200, b"spiffe://sampan.local/svc/orders")
         assert await call(pool, payments.endpoint) == (200, b"spiffe://sampan.local/svc/orders")
@@ -144,7 +146,7 @@ async def test_unauthorised_spiffe_id_gets_403_and_is_counted(
     ca: LoadedCa, tmp_path: Path, payments: Payments
 ) -> None:
     inventory = make_identity(ca, "inventory", tmp_path / "inventory")
-    pool = ConnectionPool(ssl_context=client_context(inventory))
+    pool = ConnectionPool(ssl_context=client_context(inventory), peer_verifier=check_peer_id)
     try:
         response = await pool.request(
             payments.endpoint,
@@ -175,7 +177,7 @@ async def test_certificate_from_another_ca_is_refused(
     intruder = make_identity(other, "orders", tmp_path / "intruder")  # same name, wrong CA
     ctx = client_context(intruder)
     ctx.load_verify_locations(ca.cert_path)  # it trusts our server: only its own cert is wrong
-    pool = ConnectionPool(ssl_context=ctx)
+    pool = ConnectionPool(ssl_context=ctx, peer_verifier=check_peer_id)
     try:
         with pytest.raises(UpstreamError):
             await call(pool, payments.endpoint)
@@ -188,7 +190,7 @@ async def test_expired_certificate_is_refused(
     ca: LoadedCa, tmp_path: Path, payments: Payments
 ) -> None:
     expired = make_identity(ca, "orders", tmp_path / "old", now=NOW - dt.timedelta(days=2))
-    pool = ConnectionPool(ssl_context=client_context(expired))
+    pool = ConnectionPool(ssl_context=client_context(expired), peer_verifier=check_peer_id)
     try:
         with pytest.raises(UpstreamError):
             await call(pool, payments.endpoint)
@@ -204,10 +206,15 @@ async def test_expired_server_certificate_is_refused_by_the_client(
     server = HttpServer(lambda r: _never(), LimitsConfig(), ssl=server_context(stale))
     await server.start()
     orders = make_identity(ca, "orders", tmp_path / "orders")
-    pool = ConnectionPool(ssl_context=client_context(orders))
+    pool = ConnectionPool(ssl_context=client_context(orders), peer_verifier=check_peer_id)
     try:
         with pytest.raises(UpstreamError) as caught:
-            await call(pool, Endpoint("127.0.0.1", server.port, tls=True))
+            await call(
+                pool,
+                Endpoint(
+                    "127.0.0.1", server.port, tls=True, peer_id="spiffe://sampan.local/svc/payments"
+                ),
+            )
         assert "certificate has expired" in str(caught.value)
     finally:
         await pool.close()
@@ -253,8 +260,10 @@ async def test_rotation_keeps_live_connections_and_new_ones_get_the_new_certific
     )
     orders = make_identity(ca, "orders", tmp_path / "orders")
     client_ctx = client_context(orders)
-    pool = ConnectionPool(ssl_context=client_ctx)
-    endpoint = Endpoint("127.0.0.1", server.port, tls=True)
+    pool = ConnectionPool(ssl_context=client_ctx, peer_verifier=check_peer_id)
+    endpoint = Endpoint(
+        "127.0.0.1", server.port, tls=True, peer_id="spiffe://sampan.local/svc/payments"
+    )
     try:
         _, before_writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client_ctx)
         old_serial = _served_serial(before_writer)
@@ -285,3 +294,30 @@ async def test_rotation_keeps_live_connections_and_new_ones_get_the_new_certific
         await pool.close()
         await server.drain(1.0)
     assert 'sampan_mesh_cert_rotations_total{result="ok"} 1' in metrics.render().decode()
+
+
+async def test_a_server_with_another_services_identity_is_refused(
+    ca: LoadedCa, tmp_path: Path
+) -> None:
+    """A certificate from the mesh CA is not enough: the server must be the service called."""
+    impostor = make_identity(ca, "orders", tmp_path / "impostor")
+    server = HttpServer(lambda r: _never(), LimitsConfig(), ssl=server_context(impostor))
+    await server.start()
+    billing = make_identity(ca, "billing", tmp_path / "billing")
+    pool = ConnectionPool(ssl_context=client_context(billing), peer_verifier=check_peer_id)
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await call(
+                pool,
+                Endpoint(
+                    "127.0.0.1", server.port, tls=True, peer_id="spiffe://sampan.local/svc/payments"
+                ),
+            )
+        assert "wrong server identity" in str(caught.value)
+        # An https endpoint that names no identity gets the system's hostname checks instead,
+        # so the mesh CA alone cannot vouch for it either.
+        with pytest.raises(UpstreamError):
+            await call(pool, Endpoint("127.0.0.1", server.port, tls=True))
+    finally:
+        await pool.close()
+        await server.drain(1.0)

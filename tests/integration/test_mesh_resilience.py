@@ -283,3 +283,98 @@ async def test_a_fast_failing_endpoint_does_not_attract_p2c_traffic() -> None:
         statuses = [(await call(service)).status for _ in range(30)]
     assert statuses == [200] * 30
     assert ups[0].requests <= 3
+
+
+async def test_a_cancelled_half_open_probe_gives_its_slot_back() -> None:
+    """Without this, one cancelled probe would keep the endpoint out of rotation for good."""
+    breaker = {"consecutive_failures": 2, "open_for": 0.2, "half_open_probes": 1}
+    async with (
+        upstreams(reset) as ups,
+        mesh_service(ups, circuit_breaker=breaker, retry={"attempts": 1}) as (service, _),
+    ):
+        for _ in range(2):
+            with pytest.raises(MeshError):
+                await call(service)
+        await asyncio.sleep(0.25)  # half-open now
+        ups[0].behaviour = hang
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await call(service)  # the probe is cancelled by its caller
+        ups[0].behaviour = ok
+        assert (await call(service)).status == 200  # a new probe may go
+
+
+async def test_bulkhead_overflow_does_not_collapse_the_adaptive_limit() -> None:
+    adaptive = {"algorithm": "gradient", "initial_limit": 100, "max_limit": 200}
+    bulkhead = {"max_concurrent": 30, "max_pending": 0}
+    async with (
+        upstreams(slow(0.05)) as ups,
+        mesh_service(ups, adaptive_concurrency=adaptive, bulkhead=bulkhead) as (service, _),
+    ):
+        results = await asyncio.gather(*(call(service) for _ in range(40)), return_exceptions=True)
+        assert sum(isinstance(r, MeshError) for r in results) == 10  # the bulkhead's refusals
+        limiter = service.limiter
+        assert limiter is not None
+        assert limiter.in_flight == 0
+        assert limiter.min_rtt is None or limiter.min_rtt > 0.02  # not poisoned by ~0 s refusals
+        assert limiter.limit >= 50
+
+
+async def test_a_connect_timeout_fails_over_to_another_endpoint() -> None:
+    """A listener whose accept queue is full drops SYNs: the connect times out."""
+    import socket
+
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(0)
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(blackhole.getsockname())
+        fillers.append(filler)
+    await asyncio.sleep(0.1)
+    try:
+        async with upstreams(ok) as ups:
+            ups_and_hole = [Upstream(ok), ups[0]]
+            ups_and_hole[0].server = blackhole  # type: ignore[assignment]
+            config_endpoints = [
+                {"url": f"http://127.0.0.1:{blackhole.getsockname()[1]}"},
+                {"url": ups[0].url},
+            ]
+            timeouts = {"connect": 0.2, "per_try": 2, "total": 5}
+            async with mesh_service(ups, endpoints=config_endpoints, timeouts=timeouts) as (
+                service,
+                _,
+            ):
+                statuses = [(await call(service)).status for _ in range(4)]
+        assert statuses == [200] * 4
+    finally:
+        for filler in fillers:
+            filler.close()
+        blackhole.close()
+
+
+async def test_a_trickled_upload_times_out_without_holding_a_slot() -> None:
+    class Trickle:
+        length = 10
+        limit = None
+
+        async def chunks(self) -> AsyncIterator[bytes]:
+            await asyncio.sleep(5)
+            yield b"0123456789"
+
+        async def read(self, limit: int | None = None) -> bytes:
+            await asyncio.sleep(5)
+            return b"0123456789"
+
+    async with upstreams(ok) as ups, mesh_service(ups) as (service, _):
+        options = CallOptions(
+            Deadline.from_header(b"300", now=time.monotonic(), default_total=30.0),
+            DEADLINE_HEADER,
+        )
+        with pytest.raises(MeshError) as slow_body:
+            await service.call("PUT", b"/", Headers([(b"host", b"x")]), Trickle(), options)
+        assert slow_body.value.status == 504
+        assert service.bulkhead.active == 0

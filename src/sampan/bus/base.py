@@ -71,6 +71,9 @@ class Delivery:
     published_at: float
     attempt: int
     """1 on the first delivery, incremented on every redelivery (nack or lease expiry)."""
+    lease: int = 0
+    """Identifies this lease: settling a delivery whose lease has since passed to another
+    consumer (expiry, replay) changes nothing."""
 
 
 @dataclass(frozen=True, slots=True)

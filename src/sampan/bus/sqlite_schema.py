@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # A row whose visible_at is at or beyond this waits for an earlier message with its key.
 WAITING_FOR_KEY = 1.0e18
@@ -46,8 +46,14 @@ CREATE TABLE IF NOT EXISTS inflight (
     attempt INTEGER NOT NULL DEFAULT 0,
     consumer TEXT,
     last_error TEXT,
+    lease INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (group_id, offset)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('lease', 0);
 CREATE TABLE IF NOT EXISTS dedupe (
     topic_id INTEGER NOT NULL,
     key TEXT NOT NULL,
@@ -93,10 +99,17 @@ def open_connection(path: str, *, durability: str) -> sqlite3.Connection:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
+    columns = {c[1] for c in conn.execute("PRAGMA table_info(inflight)")}
+    if "lease" not in columns:  # version 1 files: leases were told apart by attempt only
+        conn.execute("ALTER TABLE inflight ADD COLUMN lease INTEGER NOT NULL DEFAULT 0")
     row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
     if row is None:
         conn.execute(
             "INSERT INTO meta (name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
+    elif int(row[0]) < SCHEMA_VERSION:
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),)
         )
     elif int(row[0]) > SCHEMA_VERSION:
         conn.execute("ROLLBACK")

@@ -348,18 +348,20 @@ class SqliteStore:
         # 1. Messages already in flight that are due: retries, expired leases, released,
         #    delayed ones whose time has come, and ones whose predecessor was just acked.
         due = conn.execute(
-            "SELECT offset, attempt FROM inflight WHERE group_id = ? AND visible_at <= ?"
+            "SELECT offset, attempt, key FROM inflight WHERE group_id = ? AND visible_at <= ?"
             " ORDER BY visible_at LIMIT ?",
             (g.id, now, max_messages),
         ).fetchall()
         deliveries: list[Delivery] = []
         if due:
+            leases = dict(zip((row[0] for row in due), self._lease_ids(len(due)), strict=True))
             conn.executemany(
-                "UPDATE inflight SET visible_at = ?, attempt = attempt + 1, consumer = ?"
-                " WHERE group_id = ? AND offset = ?",
-                [(lease_until, consumer, g.id, offset) for offset, _ in due],
+                "UPDATE inflight SET visible_at = ?, attempt = attempt + 1, consumer = ?,"
+                " lease = ? WHERE group_id = ? AND offset = ?",
+                [(lease_until, consumer, leases[offset], g.id, offset) for offset, _, _ in due],
             )
-            attempts = {offset: attempt + 1 for offset, attempt in due}
+            attempts = {offset: attempt + 1 for offset, attempt, _ in due}
+            due_keys = [(offset, key) for offset, _, key in due]
             placeholders = ",".join("?" * len(due))
             found = conn.execute(
                 f"SELECT offset, key, value, headers, published_at FROM {table}"
@@ -377,6 +379,7 @@ class SqliteStore:
                         decode_headers(headers),
                         published_at,
                         attempts.pop(offset),
+                        leases[offset],
                     )
                 )
             if attempts:  # the message vanished (topic emptied by an operator): forget it
@@ -384,6 +387,9 @@ class SqliteStore:
                     "DELETE FROM inflight WHERE group_id = ? AND offset = ?",
                     [(g.id, offset) for offset in attempts],
                 )
+                orphaned = [key for offset, key in due_keys if offset in attempts and key]
+                if orphaned:  # whatever waited behind them may go now
+                    self._next_in_line(g.id, orphaned, now)
 
         room = max_messages - len(deliveries)
         if room <= 0:
@@ -419,29 +425,48 @@ class SqliteStore:
                     (g.id, orjson.dumps(list(keys))),
                 )
             }
-        rows: list[tuple[int, int, str | None, float, int, str | None]] = []
+        rows: list[tuple[int, int, str | None, float, int, str | None, int]] = []
+        lease_ids = iter(self._lease_ids(len(fresh)))
         for offset, key, value, headers, published_at, deliver_at, target in fresh:
             if target is not None and target != g.id:
                 continue  # re-driven for another group
             if deliver_at is not None and deliver_at > now:
                 # Delayed messages are ordered by their due time, so they hold back no key.
-                rows.append((g.id, offset, None, deliver_at, 0, None))
+                rows.append((g.id, offset, None, deliver_at, 0, None, 0))
                 continue
             if key is not None:
                 if key in busy_keys:
-                    rows.append((g.id, offset, key, WAITING_FOR_KEY, 0, None))
+                    rows.append((g.id, offset, key, WAITING_FOR_KEY, 0, None, 0))
                     continue
                 busy_keys.add(key)
-            rows.append((g.id, offset, key, lease_until, 1, consumer))
+            lease = next(lease_ids)
+            rows.append((g.id, offset, key, lease_until, 1, consumer, lease))
             deliveries.append(
-                Delivery(topic, group, offset, key, value, decode_headers(headers), published_at, 1)
+                Delivery(
+                    topic,
+                    group,
+                    offset,
+                    key,
+                    value,
+                    decode_headers(headers),
+                    published_at,
+                    1,
+                    lease,
+                )
             )
         conn.executemany(
-            "INSERT INTO inflight (group_id, offset, key, visible_at, attempt, consumer)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO inflight (group_id, offset, key, visible_at, attempt, consumer, lease)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         return deliveries
+
+    def _lease_ids(self, count: int) -> range:
+        """Fresh lease ids, unique for the life of the file (across replays and processes)."""
+        end: int = self.conn.execute(
+            "UPDATE counters SET value = value + ? WHERE name = 'lease' RETURNING value", (count,)
+        ).fetchone()[0]
+        return range(end - count + 1, end + 1)
 
     # -- settling -----------------------------------------------------------------------------
 
@@ -476,8 +501,8 @@ class SqliteStore:
             # Match the attempt, like nack/release/extend: a delivery from before a replay (or
             # an expired lease) must not settle the row that replaced it.
             self.conn.executemany(
-                "DELETE FROM inflight WHERE group_id = ? AND offset = ? AND attempt = ?",
-                [(g.id, d.offset, d.attempt) for d in items],
+                "DELETE FROM inflight WHERE group_id = ? AND offset = ? AND lease = ?",
+                [(g.id, d.offset, d.lease) for d in items],
             )
             keys = [d.key for d in items if d.key is not None]
             if keys and self._has_waiting(g.id):
@@ -488,16 +513,16 @@ class SqliteStore:
         if not policy.exhausted(d.attempt):
             self.conn.execute(
                 "UPDATE inflight SET visible_at = ?, last_error = ?"
-                " WHERE group_id = ? AND offset = ? AND attempt = ?",
-                (now + policy.backoff(d.attempt), error, g.id, d.offset, d.attempt),
+                " WHERE group_id = ? AND offset = ? AND lease = ?",
+                (now + policy.backoff(d.attempt), error, g.id, d.offset, d.lease),
             )
             return False
         # Create the dead-letter topic before any write (even with auto_create_topics off):
         # failing after the DELETE below would commit the loss of the message.
         self.topic(dlq_topic(d.topic), create=True)
         gone = self.conn.execute(
-            "DELETE FROM inflight WHERE group_id = ? AND offset = ? AND attempt = ?",
-            (g.id, d.offset, d.attempt),
+            "DELETE FROM inflight WHERE group_id = ? AND offset = ? AND lease = ?",
+            (g.id, d.offset, d.lease),
         ).rowcount
         if not gone:
             return False  # the lease had already passed to another consumer
@@ -528,8 +553,8 @@ class SqliteStore:
                 continue
             self.conn.execute(
                 "UPDATE inflight SET visible_at = ?, attempt = attempt - 1"
-                " WHERE group_id = ? AND offset = ? AND attempt = ?",
-                (now, g.id, d.offset, d.attempt),
+                " WHERE group_id = ? AND offset = ? AND lease = ?",
+                (now, g.id, d.offset, d.lease),
             )
 
     def extend(self, deliveries: Sequence[Delivery], lease_seconds: float, now: float) -> None:
@@ -540,8 +565,8 @@ class SqliteStore:
                 continue
             self.conn.execute(
                 "UPDATE inflight SET visible_at = ?"
-                " WHERE group_id = ? AND offset = ? AND attempt = ? AND visible_at < ?",
-                (now + lease_seconds, g.id, d.offset, d.attempt, WAITING_FOR_KEY),
+                " WHERE group_id = ? AND offset = ? AND lease = ? AND visible_at < ?",
+                (now + lease_seconds, g.id, d.offset, d.lease, WAITING_FOR_KEY),
             )
 
     # -- replay and dead letters --------------------------------------------------------------

@@ -692,6 +692,7 @@ class ConnectionPool:
             max_per_key=max_idle_per_endpoint, idle_timeout=idle_timeout
         )
         self._ssl_context = ssl_context
+        self._default_context: ssl.SSLContext | None = None
         self._peer_verifier = peer_verifier
         self._open: set[_Connection] = set()
         self._created = 0
@@ -866,8 +867,11 @@ class ConnectionPool:
         ssl_context: ssl.SSLContext | None = None
         if endpoint.tls:
             ssl_context = self._ssl_context
-            if ssl_context is None:
-                ssl_context = self._ssl_context = ssl.create_default_context()
+            if ssl_context is None or (endpoint.peer_id is None and not ssl_context.check_hostname):
+                # A context without hostname checks (the mesh's, which checks SPIFFE IDs
+                # instead) is only for endpoints that name the identity they must prove;
+                # any other https endpoint gets the system's trust and hostname checks.
+                ssl_context = self._public_context()
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await loop.create_connection(
@@ -901,6 +905,11 @@ class ConnectionPool:
                 ) from exc
         self._created += 1
         return conn
+
+    def _public_context(self) -> ssl.SSLContext:
+        if self._default_context is None:
+            self._default_context = ssl.create_default_context()
+        return self._default_context
 
     def _opened(self, conn: _Connection) -> None:
         self._open.add(conn)

@@ -105,6 +105,11 @@ class AdaptiveLimiter:
         self.admitted += 1
         return True
 
+    def cancel(self) -> None:
+        """An admitted request was refused locally (bulkhead full, no endpoint) before it was
+        sent: it frees its place but says nothing about the service's latency."""
+        self.in_flight = max(0, self.in_flight - 1)
+
     def release(self, rtt: float, *, dropped: bool) -> None:
         """An admitted request ended after ``rtt`` seconds; ``dropped`` when it failed in a
         way that signals overload."""
@@ -134,7 +139,8 @@ class AdaptiveLimiter:
     def _gradient(self, rtt: float, dropped: bool, in_flight: int) -> None:
         now = self._clock()
         self._roll(now)
-        self._min_current = min(self._min_current, rtt)
+        if not dropped:  # a failure's time (often ~0) is no measure of the no-load latency
+            self._min_current = min(self._min_current, rtt)
         min_rtt = min(self._min_current, self._min_previous)
         estimate = self._estimate
         if dropped:

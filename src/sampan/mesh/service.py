@@ -47,11 +47,13 @@ FAILURE_PENALTY = 1.0
 class MeshError(Exception):
     """The mesh answers for the service: no endpoint, shed, deadline passed, upstream failed."""
 
-    def __init__(self, status: int, title: str, detail: str) -> None:
+    def __init__(self, status: int, title: str, detail: str, *, local: bool = False) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
         self.detail = detail
+        self.local = local
+        """Refused before anything was sent (no endpoint, deadline gone): no latency sample."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,7 @@ class MeshService:
                 503,
                 "Service Unavailable",
                 f"service {self.name!r} has no healthy endpoint",
+                local=True,
             )
         return chosen
 
@@ -206,29 +209,43 @@ class MeshService:
         deadline = options.deadline
         if deadline.expired(started):
             raise MeshError(504, "Gateway Timeout", f"the deadline for {self.name!r} has passed")
+        # Buffer a replayable body before taking any slot, and never past the deadline: a client
+        # trickling its upload must not hold the bulkhead or the concurrency limit.
+        try:
+            async with asyncio.timeout(deadline.remaining(started)):
+                body, replayable = await self._replayable(body)
+        except TimeoutError:
+            raise MeshError(
+                504, "Gateway Timeout", f"the request body for {self.name!r} came too slowly"
+            ) from None
         if self.limiter is not None and not self.limiter.try_acquire():
             self.shed.inc()
             raise MeshError(503, "Service Unavailable", f"{self.name!r} is shedding load")
         dropped = False
+        sampled = True
         failed = True
         try:
             async with self.bulkhead.slot():
-                response = await self._attempts(method, target, headers, body, options)
+                response = await self._attempts(method, target, headers, body, replayable, options)
             failed = response.status >= 500
             return response
         except BulkheadFull:
             self.shed.inc()
-            dropped = True
+            sampled = False
             raise MeshError(
                 503, "Service Unavailable", f"too many calls waiting for {self.name!r}"
             ) from None
         except MeshError as exc:
-            dropped = exc.status == 503
+            sampled = not exc.local
+            dropped = exc.status in (503, 504)
             raise
         finally:
             elapsed = self.clock() - started
             if self.limiter is not None:
-                self.limiter.release(elapsed, dropped=dropped)
+                if sampled:
+                    self.limiter.release(elapsed, dropped=dropped)
+                else:
+                    self.limiter.cancel()
             self.quartet.observe(elapsed, error=failed)
 
     async def _replayable(self, body: Body | None) -> tuple[Body | None, bool]:
@@ -248,10 +265,10 @@ class MeshService:
         target: bytes,
         headers: Headers,
         body: Body | None,
+        replayable: bool,
         options: CallOptions,
     ) -> UpstreamResponse:
         config = self.config
-        body, replayable = await self._replayable(body)
         self.budget.deposit()
         deadline = options.deadline
         attempt = 0
@@ -263,7 +280,9 @@ class MeshService:
             attempted.append(endpoint)
             remaining = deadline.remaining(now)
             if remaining <= 0:
-                raise MeshError(504, "Gateway Timeout", f"the deadline for {self.name!r} passed")
+                raise MeshError(
+                    504, "Gateway Timeout", f"the deadline for {self.name!r} passed", local=True
+                )
             per_try = deadline.per_try_timeout(now, config.timeouts.per_try)
             sent = headers.copy()
             sent.set(options.deadline_header, deadline.header_value(now))
@@ -290,6 +309,12 @@ class MeshService:
                 status = response.status
             except UpstreamError as exc:
                 error = exc
+            except BaseException:
+                # Cancelled, or the client's own body failed: no verdict on the endpoint, but a
+                # half-open breaker's probe slot must be given back or it is lost for good.
+                if isinstance(breaker, CircuitBreaker):
+                    breaker.abandon(epoch=epoch)
+                raise
             finally:
                 endpoint.in_flight -= 1
             done = self.clock()
@@ -301,7 +326,10 @@ class MeshService:
             may_retry = attempt < config.retry.attempts and self.retry.retryable(
                 method,
                 status=status if error is None else None,
-                error_kind=error.kind if error is not None else None,
+                # A connect timeout sent nothing: it fails over like a refused connection.
+                error_kind=(
+                    None if error is None else "connect" if error.phase == "connect" else error.kind
+                ),
                 before_response=error.before_response if error is not None else False,
                 body_replayable=replayable,
             )

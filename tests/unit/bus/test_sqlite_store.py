@@ -357,3 +357,17 @@ def test_dead_letter_works_without_auto_created_topics(tmp_path: Path) -> None:
         assert [x.original_offset for x in letters] == [offset]
     finally:
         store.conn.close()
+
+
+def test_a_vanished_head_unblocks_the_next_row_of_its_key(store: SqliteStore) -> None:
+    """If the message behind an in-flight head disappears (an operator emptied the topic),
+    fetch forgets the head and lets the next message of its key go."""
+    store.create_group("t", "g", "earliest", T0)
+    a0, a1 = publish(store, "t", "a", "a")
+    [d] = fetch(store, now=T0, lease=1.0)
+    assert d.offset == a0
+    table = message_table(store.topic("t").id)
+    store.conn.execute(f"DELETE FROM {table} WHERE offset = ?", (a0,))
+    assert fetch(store, now=T0 + 2) == []  # the expired head is found gone and forgotten
+    assert [x.offset for x in fetch(store, now=T0 + 2)] == [a1]
+    check_key_invariant(store)
