@@ -230,7 +230,7 @@ async def test_the_deadline_cuts_work_short_and_shrinks_on_the_way() -> None:
 
 
 async def test_a_hanging_endpoint_times_out_and_the_retry_succeeds() -> None:
-    retry = {"attempts": 2, "on": ["timeout", "503"], "backoff": {"initial": 0, "max": 0}}
+    retry = {"attempts": 2, "retry_on": ["timeout", "503"], "backoff": {"initial": 0, "max": 0}}
     timeouts = {"per_try": 0.2, "total": 5, "connect": 1}
     async with (
         upstreams(hang, ok) as ups,

@@ -71,3 +71,14 @@ def test_duplicate_route_names_and_target_shape() -> None:
     assert any(
         "routes[1].target: give exactly one of service, topic, respond" in f for f in found
     ), found
+
+
+def test_mesh_retry_conditions_survive_yaml_1_1_booleans() -> None:
+    """`on:` would be read as the boolean true by YAML; the key is `retry_on`."""
+    text = (
+        "services:\n"
+        "  - name: payments\n"
+        '    endpoints: [{url: "http://127.0.0.1:9001"}]\n'
+        '    retry: {attempts: 3, retry_on: [connect, reset, "503"]}\n'
+    )
+    assert parse_config_text(text).services[0].retry.retry_on == ["connect", "reset", "503"]

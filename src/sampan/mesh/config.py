@@ -128,7 +128,7 @@ class RetryBudgetConfig(_Section):
 
 class MeshRetryConfig(_Section):
     attempts: int = Field(3, ge=1, le=10, description="Tries in all, the first included.")
-    on: list[str] = Field(
+    retry_on: list[str] = Field(
         default_factory=lambda: ["connect", "reset", "502", "503", "504"],
         description="Failures that may be retried: connect, reset, timeout, or a status.",
     )
@@ -143,7 +143,7 @@ class MeshRetryConfig(_Section):
         default_factory=RetryBudgetConfig, description="Caps retries so they cannot storm."
     )
 
-    @field_validator("on")
+    @field_validator("retry_on")
     @classmethod
     def _known(cls, values: list[str]) -> list[str]:
         for value in values:

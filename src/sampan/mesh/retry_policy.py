@@ -1,8 +1,8 @@
 """Which failed attempts may be tried again, and how long to wait before doing so.
 
-The rules, in order (``on`` is :attr:`MeshRetryConfig.on`):
+The rules, in order (``retry_on`` is :attr:`MeshRetryConfig.retry_on`):
 
-- ``connect`` errors are retried when ``connect`` is in ``on``, *whatever the method and
+- ``connect`` errors are retried when ``connect`` is in ``retry_on``, *whatever the method and
   whatever the body*: the connection never opened, so not one byte of the request left
   this process and the upstream cannot have acted on it. (A connect *timeout* is a connect
   error too: the caller passes ``error_kind="connect"`` for any error whose phase is
@@ -10,11 +10,11 @@ The rules, in order (``on`` is :attr:`MeshRetryConfig.on`):
 - Every other retry re-sends the request, so the body must be replayable (buffered,
   at most ``max_body_bytes``) and the method must be idempotent (GET, HEAD, OPTIONS, PUT,
   DELETE, TRACE) unless ``idempotent_only`` is false.
-- ``reset`` and ``timeout`` are retried only when in ``on`` and ``before_response`` (no
+- ``reset`` and ``timeout`` are retried only when in ``retry_on`` and ``before_response`` (no
   response byte reached us, so nothing has been passed on to our caller). The upstream
   may have seen and executed the request, which is why the idempotency rule applies.
 - ``protocol`` errors (the upstream speaks broken HTTP) are never retried.
-- A response status is retried when its number is in ``on`` (default 502, 503, 504).
+- A response status is retried when its number is in ``retry_on`` (default 502, 503, 504).
 
 The decider does not count attempts or consult the retry budget; the caller checks
 ``attempt < config.attempts`` and :meth:`RetryBudget.try_withdraw` after a True here.
@@ -45,8 +45,8 @@ class RetryDecider:
     def __init__(self, config: MeshRetryConfig, rng: random.Random | None = None) -> None:
         self.config = config
         self._rng = rng if rng is not None else random.Random()
-        self._statuses = frozenset(int(value) for value in config.on if value.isdigit())
-        self._error_kinds = frozenset(value for value in config.on if not value.isdigit())
+        self._statuses = frozenset(int(value) for value in config.retry_on if value.isdigit())
+        self._error_kinds = frozenset(value for value in config.retry_on if not value.isdigit())
 
     @property
     def attempts(self) -> int:

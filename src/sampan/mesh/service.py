@@ -319,7 +319,7 @@ class MeshService:
                 endpoint.in_flight -= 1
             done = self.clock()
             self._record(endpoint, done - tried, done, status, error, epoch)
-            retry_status = status is not None and str(status) in config.retry.on
+            retry_status = status is not None and str(status) in config.retry.retry_on
             if error is None and not retry_status:
                 assert response is not None
                 return response

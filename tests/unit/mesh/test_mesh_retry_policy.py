@@ -23,7 +23,7 @@ def test_connect_errors_are_retried_for_any_method_and_body() -> None:
 
 
 def test_connect_not_in_on_is_not_retried() -> None:
-    assert not decider(on=["503"]).retryable("GET", error_kind="connect")
+    assert not decider(retry_on=["503"]).retryable("GET", error_kind="connect")
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_reset(
 
 def test_timeout_only_when_listed() -> None:
     assert not decider().retryable("GET", error_kind="timeout")
-    d = decider(on=["timeout"])
+    d = decider(retry_on=["timeout"])
     assert d.retryable("GET", error_kind="timeout")
     assert not d.retryable("GET", error_kind="timeout", before_response=False)
     assert not d.retryable("POST", error_kind="timeout")
@@ -72,7 +72,7 @@ def test_statuses() -> None:
     assert not d.retryable("POST", status=503)
     assert not d.retryable("GET", status=503, body_replayable=False)
     assert decider(idempotent_only=False).retryable("POST", status=503)
-    assert decider(on=["429"]).retryable("GET", status=429)
+    assert decider(retry_on=["429"]).retryable("GET", status=429)
 
 
 def test_nothing_to_judge_is_not_retried() -> None:
@@ -120,7 +120,7 @@ def test_backoff_stays_within_the_jitter_band_and_the_cap(
 def test_nothing_but_connect_is_retried_once_the_response_started(
     method: str, kind: str, replayable: bool, idempotent_only: bool
 ) -> None:
-    d = decider(on=["connect", "reset", "timeout"], idempotent_only=idempotent_only)
+    d = decider(retry_on=["connect", "reset", "timeout"], idempotent_only=idempotent_only)
     assert not d.retryable(
         method, error_kind=kind, before_response=False, body_replayable=replayable
     )
