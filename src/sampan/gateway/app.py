@@ -75,11 +75,9 @@ class Gateway:
         declared = request.body.length
         if declared is not None and declared > route.body_limit:
             return self._finish(_too_large(route.body_limit), started, route)
-        ran = 0
         try:
             response = None
             for plugin in route.request_plugins:
-                ran += 1
                 response = await plugin.on_request(request)
                 if response is not None:
                     break
@@ -87,6 +85,8 @@ class Gateway:
                 response = await route.fault.apply(request)
             if response is None:
                 response = await route.target(request, found, route.body_limit)
+            # Every response hook runs, even after a plugin answered early (request-id echoes
+            # its id on a 401, rate-limit sets its headers on a 429), as in Kong.
             for plugin in route.response_plugins:
                 response = await plugin.on_response(request, response)
         except BodyTooLarge as exc:
