@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from bus_contract_helpers import BACKEND_PARAMS, Backend, unique
+from bus_contract_helpers import BACKEND_PARAMS, EXACT_RETENTION_TESTS, Backend, unique
 
 from sampan.bus.base import Bus, Retention
 from sampan.bus.factory import open_bus
@@ -77,3 +77,45 @@ async def topic(make_topic: Callable[..., Awaitable[str]]) -> str:
 @pytest.fixture
 def group() -> str:
     return unique("g")
+
+
+@pytest.fixture(autouse=True)
+async def _redis_cleanup(backend: Backend, bus_url: str) -> AsyncIterator[None]:
+    """Delete the keys a redis-backed test created (its URL carries a private prefix)."""
+    yield
+    if backend.name != "redis":
+        return
+    from sampan.bus.redis import delete_all_keys
+
+    await delete_all_keys(bus_url)
+
+
+@pytest.fixture(autouse=True)
+def _capabilities(backend: Backend, request: pytest.FixtureRequest) -> None:
+    """Skip, with the reason, tests of semantics the backend cannot provide."""
+    name = request.node.originalname
+    if not backend.exact_retention and name in EXACT_RETENTION_TESTS:
+        pytest.skip(f"{backend.name} lacks exact_retention: {EXACT_RETENTION_TESTS[name]}")
+
+
+@pytest.fixture(autouse=True)
+async def _shared_server_cleanup(backend: Backend, bus_url: str) -> AsyncIterator[None]:
+    """Delete the topics (streams) a test created on a shared server."""
+    if not backend.shared_server:
+        yield
+        return
+    probe = open_bus(bus_url)
+    await probe.start()
+    try:
+        before = {t.name for t in await probe.topics()}
+    finally:
+        await probe.close()
+    yield
+    probe = open_bus(bus_url)
+    await probe.start()
+    try:
+        for info in await probe.topics():
+            if info.name not in before:
+                await probe.delete_topic(info.name)
+    finally:
+        await probe.close()

@@ -6,8 +6,8 @@ from sampan.bus.base import Bus, BusError
 from sampan.bus.sqlite import SqliteBus, SqliteBusOptions
 from sampan.observe.metrics import Metrics
 
-SCHEMES = ("sqlite", "memory")
-PLANNED_SCHEMES = ("nats", "redis", "rediss")
+SCHEMES = ("sqlite", "memory", "nats", "redis", "rediss")
+PLANNED_SCHEMES: tuple[str, ...] = ()
 
 
 def open_bus(
@@ -28,6 +28,28 @@ def open_bus(
             poll_interval=base.poll_interval,
         )
         return SqliteBus("sqlite:///:memory:", in_memory, metrics)
+    if scheme in ("redis", "rediss"):
+        from sampan.bus.redis import RedisBus, RedisBusOptions
+
+        base = options or SqliteBusOptions()
+        redis_options = RedisBusOptions(
+            auto_create_topics=base.auto_create_topics,
+            default_retention=base.default_retention,
+            max_in_flight_per_group=base.max_in_flight_per_group,
+            poll_interval=base.poll_interval,
+        )
+        return RedisBus(url, redis_options, metrics)
+    if scheme == "nats":
+        from sampan.bus.nats import NatsBus, NatsBusOptions
+
+        if options is None:
+            return NatsBus(url, metrics=metrics)
+        nats_options = NatsBusOptions(
+            auto_create_topics=options.auto_create_topics,
+            default_retention=options.default_retention,
+            max_in_flight_per_group=options.max_in_flight_per_group,
+        )
+        return NatsBus(url, nats_options, metrics)
     if scheme in PLANNED_SCHEMES:
         raise BusError(f"bus URL {url!r}: the {scheme} backend is not available in this version")
     raise BusError(
