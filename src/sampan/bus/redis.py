@@ -15,7 +15,7 @@ parameters go to redis-py.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,12 +27,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from sampan.bus import redis_lua
 from sampan.bus.base import (
-    HEADER_DLQ_ATTEMPTS,
-    HEADER_DLQ_ERROR,
     HEADER_DLQ_FAILED_AT,
     HEADER_DLQ_GROUP,
-    HEADER_DLQ_OFFSET,
-    HEADER_DLQ_PUBLISHED_AT,
     HEADER_DLQ_TOPIC,
     Bus,
     BusError,
@@ -47,6 +43,7 @@ from sampan.bus.base import (
     TopicNotFound,
     dlq_topic,
 )
+from sampan.bus.dead_letters import dead_letter_headers, read_dead_letter
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_store import (
     RESERVED_HEADER_PREFIX,
@@ -350,17 +347,7 @@ class RedisBus(Bus):
         headers: dict[str, str] = {}
         if exhausted:
             check_topic_name(dlq_topic(d.topic))
-            headers = dict(d.headers)
-            headers.update(
-                {
-                    HEADER_DLQ_ERROR: error,
-                    HEADER_DLQ_ATTEMPTS: str(d.attempt),
-                    HEADER_DLQ_TOPIC: d.topic,
-                    HEADER_DLQ_OFFSET: str(d.offset),
-                    HEADER_DLQ_GROUP: d.group,
-                    HEADER_DLQ_PUBLISHED_AT: repr(d.published_at),
-                }
-            )
+            headers = dead_letter_headers(d, error, None)  # Redis stamps failed-at
         dead = await self._run(
             "NACK",
             d.topic,
@@ -436,20 +423,14 @@ class RedisBus(Bus):
         for entry_id, raw_fields in entries or ():
             fields: dict[bytes, bytes] = raw_fields
             offset = int(_s(entry_id).split("-", 1)[1]) - 1
-            headers = dict(decode_headers(fields.get(b"h")))
             key = fields.get(b"k")
             result.append(
-                DeadLetter(
-                    dlq_offset=offset,
-                    topic=headers.pop(HEADER_DLQ_TOPIC, topic),
-                    group=headers.pop(HEADER_DLQ_GROUP, ""),
-                    original_offset=int(headers.pop(HEADER_DLQ_OFFSET, "-1")),
-                    key=None if key is None else _s(key),
-                    value=bytes(fields[b"v"]),
-                    error=headers.pop(HEADER_DLQ_ERROR, ""),
-                    attempts=int(headers.pop(HEADER_DLQ_ATTEMPTS, "0")),
-                    failed_at=float(headers.pop(HEADER_DLQ_FAILED_AT, "0")),
-                    headers=_user_headers(headers),
+                read_dead_letter(
+                    offset,
+                    topic,
+                    None if key is None else _s(key),
+                    bytes(fields[b"v"]),
+                    decode_headers(fields.get(b"h")),
                 )
             )
         return result
@@ -476,10 +457,6 @@ class RedisBus(Bus):
             await self._durable()
             self._wakeups.wake(topic)
         return moved
-
-
-def _user_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if not k.startswith("sampan-dlq-")}
 
 
 async def delete_all_keys(url: str) -> int:

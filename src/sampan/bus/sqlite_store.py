@@ -21,12 +21,7 @@ from types import MappingProxyType
 import orjson
 
 from sampan.bus.base import (
-    HEADER_DLQ_ATTEMPTS,
-    HEADER_DLQ_ERROR,
-    HEADER_DLQ_FAILED_AT,
     HEADER_DLQ_GROUP,
-    HEADER_DLQ_OFFSET,
-    HEADER_DLQ_PUBLISHED_AT,
     HEADER_DLQ_TOPIC,
     BusError,
     DeadLetter,
@@ -40,6 +35,7 @@ from sampan.bus.base import (
     TopicNotFound,
     dlq_topic,
 )
+from sampan.bus.dead_letters import dead_letter_headers, read_dead_letter
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_schema import WAITING_FOR_KEY, create_message_table, message_table
 
@@ -526,18 +522,7 @@ class SqliteStore:
         ).rowcount
         if not gone:
             return False  # the lease had already passed to another consumer
-        headers = dict(d.headers)
-        headers.update(
-            {
-                HEADER_DLQ_ERROR: error,
-                HEADER_DLQ_ATTEMPTS: str(d.attempt),
-                HEADER_DLQ_TOPIC: d.topic,
-                HEADER_DLQ_OFFSET: str(d.offset),
-                HEADER_DLQ_GROUP: d.group,
-                HEADER_DLQ_PUBLISHED_AT: repr(d.published_at),
-                HEADER_DLQ_FAILED_AT: repr(now),
-            }
-        )
+        headers = dead_letter_headers(d, error, now)
         self.publish(
             dlq_topic(d.topic), [OutgoingMessage(d.value, d.key, headers)], now, internal=True
         )
@@ -606,21 +591,7 @@ class SqliteStore:
             " ORDER BY offset LIMIT ?",
             (limit,),
         ):
-            headers = dict(decode_headers(raw))
-            result.append(
-                DeadLetter(
-                    dlq_offset=offset,
-                    topic=headers.pop(HEADER_DLQ_TOPIC, topic),
-                    group=headers.pop(HEADER_DLQ_GROUP, ""),
-                    original_offset=int(headers.pop(HEADER_DLQ_OFFSET, "-1")),
-                    key=key,
-                    value=value,
-                    error=headers.pop(HEADER_DLQ_ERROR, ""),
-                    attempts=int(headers.pop(HEADER_DLQ_ATTEMPTS, "0")),
-                    failed_at=float(headers.pop(HEADER_DLQ_FAILED_AT, "0")),
-                    headers={k: v for k, v in headers.items() if not k.startswith("sampan-dlq-")},
-                )
-            )
+            result.append(read_dead_letter(offset, topic, key, value, decode_headers(raw)))
         return result
 
     def dlq_redrive(self, topic: str, offsets: Sequence[int] | None, now: float) -> int:
