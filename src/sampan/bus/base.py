@@ -270,5 +270,13 @@ class Bus(abc.ABC):
         """Send dead letters back to the group that failed them; returns how many."""
 
 
+def check_replay_position(offset: int | None, timestamp: float | None) -> None:
+    """The arguments every backend's ``replay`` accepts: exactly one position, not negative."""
+    if (offset is None) == (timestamp is None):
+        raise BusError("replay needs exactly one of offset or timestamp")
+    if offset is not None and offset < 0:
+        raise BusError(f"replay offset must be >= 0, got {offset}")
+
+
 def dlq_topic(topic: str) -> str:
     return topic + DLQ_SUFFIX

@@ -48,6 +48,7 @@ from sampan.bus.base import (
     StartPosition,
     TopicInfo,
     TopicNotFound,
+    check_replay_position,
     dlq_topic,
 )
 from sampan.bus.retry import RetryPolicy
@@ -736,10 +737,7 @@ class NatsBus(Bus):
         offset: int | None = None,
         timestamp: float | None = None,
     ) -> int:
-        if (offset is None) == (timestamp is None):
-            raise BusError("replay needs exactly one of offset or timestamp")
-        if offset is not None and offset < 0:
-            raise BusError(f"replay offset must be >= 0, got {offset}")
+        check_replay_position(offset, timestamp)
         self._conn()
         stream, durable = _stream(topic), encode_name(group)
         try:

@@ -41,6 +41,7 @@ from sampan.bus.base import (
     StartPosition,
     TopicInfo,
     TopicNotFound,
+    check_replay_position,
     dlq_topic,
 )
 from sampan.bus.dead_letters import dead_letter_headers, read_dead_letter
@@ -397,10 +398,7 @@ class RedisBus(Bus):
         offset: int | None = None,
         timestamp: float | None = None,
     ) -> int:
-        if (offset is None) == (timestamp is None):
-            raise BusError("replay needs exactly one of offset or timestamp")
-        if offset is not None and offset < 0:
-            raise BusError(f"replay offset must be >= 0, got {offset}")
+        check_replay_position(offset, timestamp)
         target = await self._run(
             "REPLAY",
             topic,

@@ -33,6 +33,7 @@ from sampan.bus.base import (
     StartPosition,
     TopicInfo,
     TopicNotFound,
+    check_replay_position,
     dlq_topic,
 )
 from sampan.bus.dead_letters import dead_letter_headers, read_dead_letter
@@ -557,8 +558,7 @@ class SqliteStore:
     # -- replay and dead letters --------------------------------------------------------------
 
     def replay(self, topic: str, group: str, offset: int | None, timestamp: float | None) -> int:
-        if (offset is None) == (timestamp is None):
-            raise BusError("replay needs exactly one of offset or timestamp")
+        check_replay_position(offset, timestamp)
         g = self.group(topic, group)
         table = message_table(g.topic.id)
         end = self.conn.execute(
@@ -573,8 +573,6 @@ class SqliteStore:
             target = end if found is None else found[0]
         else:
             assert offset is not None
-            if offset < 0:
-                raise BusError(f"replay offset must be >= 0, got {offset}")
             target = min(offset, end)
         self.conn.execute("DELETE FROM inflight WHERE group_id = ? AND offset >= ?", (g.id, target))
         self.conn.execute("UPDATE groups SET next_offset = ? WHERE id = ?", (target, g.id))
