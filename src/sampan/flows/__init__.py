@@ -1,0 +1,2 @@
+"""Flows: declarative pipelines of Enterprise Integration Patterns, `from` an endpoint,
+through steps, `to` endpoints."""
