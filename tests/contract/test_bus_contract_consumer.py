@@ -9,7 +9,7 @@ from bus_contract_helpers import offsets, wait_until
 
 from sampan.bus.base import Bus, Delivery, OutgoingMessage
 from sampan.bus.consumer import Consumer, ConsumerOptions
-from sampan.bus.retry import RetryPolicy
+from sampan.bus.retry import RetryPolicy, Unretryable
 from sampan.observe.metrics import Metrics
 
 
@@ -48,6 +48,29 @@ async def test_consumer_retries_then_dead_letters(bus: Bus, topic: str, group: s
     assert (letter.original_offset, letter.attempts, letter.group) == (bad, 3, group)
     assert letter.error == "ValueError: cannot handle"
     assert await bus.lag(topic, group) == 0
+
+
+async def test_unretryable_failure_is_dead_lettered_at_once(
+    bus: Bus, topic: str, group: str
+) -> None:
+    """A handler raising Unretryable gets one delivery: no retry can fix the message."""
+    bad = await bus.publish(topic, b"invalid", key="k")
+    attempts: list[int] = []
+
+    async def handler(d: Delivery) -> None:
+        attempts.append(d.attempt)
+        raise Unretryable("fails its schema")
+
+    consumer = Consumer(bus, topic, group, handler, options())
+    await consumer.start()
+    try:
+        await wait_until(lambda: bus.dlq_list(topic), within=5, message="a dead letter")
+    finally:
+        await consumer.stop(grace=2)
+    assert attempts == [1]
+    [letter] = await bus.dlq_list(topic)
+    assert (letter.original_offset, letter.attempts) == (bad, 1)
+    assert letter.error == "Unretryable: fails its schema"
 
 
 async def test_consumer_renews_leases_of_slow_handlers(bus: Bus, topic: str, group: str) -> None:

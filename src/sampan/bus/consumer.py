@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from sampan.bus.base import Bus, Delivery, Handler, StartPosition
-from sampan.bus.retry import RetryPolicy
+from sampan.bus.retry import NO_RETRY, RetryPolicy, Unretryable
 from sampan.observe.metrics import Metrics
 
 log = logging.getLogger("sampan.bus.consumer")
@@ -200,8 +200,9 @@ class Consumer:
 
     async def _failed(self, d: Delivery, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
+        policy = NO_RETRY if isinstance(exc, Unretryable) else self.options.retry
         try:
-            dead = await self.bus.nack(d, error, self.options.retry)
+            dead = await self.bus.nack(d, error, policy)
         except Exception:
             log.exception(
                 "nack of %s/%s@%d failed; the lease will expire", d.topic, d.group, d.offset

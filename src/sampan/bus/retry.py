@@ -40,3 +40,11 @@ class RetryPolicy:
 
     def exhausted(self, attempt: int) -> bool:
         return attempt >= self.max_attempts
+
+
+class Unretryable(Exception):
+    """Raised by a handler for a message that no retry can fix (it fails validation, say):
+    the message is dead-lettered now, with this error, instead of after ``max_attempts``."""
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
