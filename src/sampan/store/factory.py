@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 from sampan.store.base import StateStore, StoreError
 from sampan.store.sqlite import MEMORY, SqliteStore
 
 STORE_SCHEMES: Final = ("sqlite", "memory", "redis", "rediss", "postgresql", "postgres")
 DEFAULT_FILE: Final = "state.db"
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    except ValueError:
+        return "<unparsable URL>"
 
 
 def sqlite_path(url: str) -> str:
@@ -50,6 +63,6 @@ def open_store(url: str | None, data_dir: Path) -> StateStore:
         return PostgresStore(url)
     shown = repr(scheme) if scheme else "missing"
     raise StoreError(
-        f"store URL {url!r}: scheme {shown} is not supported"
+        f"store URL {redact_url(url)!r}: scheme {shown} is not supported"
         f" (expected one of: {', '.join(STORE_SCHEMES)})"
     )

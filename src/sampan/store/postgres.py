@@ -17,6 +17,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from sampan.store.base import GroupSummary, StateStore, StoreError
+from sampan.store.factory import redact_url
 from sampan.store.sqlite import check_ttl, decode_counter, not_a_counter
 
 POOL_MIN = 1
@@ -94,6 +95,7 @@ class PostgresStore(StateStore):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._shown = redact_url(url)
         self._pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
@@ -102,7 +104,7 @@ class PostgresStore(StateStore):
         try:
             pool = await asyncpg.create_pool(self.url, min_size=POOL_MIN, max_size=POOL_MAX)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
-            raise StoreError(f"state store {self.url}: cannot connect ({exc})") from exc
+            raise StoreError(f"state store {self._shown}: cannot connect ({exc})") from exc
         self._pool = pool
         try:
             async with self._conn() as conn, conn.transaction():
@@ -121,12 +123,12 @@ class PostgresStore(StateStore):
     async def _conn(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
         """A pooled connection; database and connection failures become ``StoreError``."""
         if self._pool is None:
-            raise StoreError(f"state store {self.url}: not started (or closed)")
+            raise StoreError(f"state store {self._shown}: not started (or closed)")
         try:
             async with self._pool.acquire() as conn:
                 yield conn
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StoreError(f"state store {self.url}: {exc}") from exc
+            raise StoreError(f"state store {self._shown}: {exc}") from exc
 
     # -- keys ---------------------------------------------------------------------------------
 

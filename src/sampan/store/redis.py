@@ -27,6 +27,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from sampan.store.base import GroupSummary, StateStore, StoreError
+from sampan.store.factory import redact_url
 from sampan.store.sqlite import check_ttl, not_a_counter
 
 KEY_PREFIX = "sampan:store:"
@@ -116,6 +117,7 @@ class RedisStore(StateStore):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._shown = redact_url(url)
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
@@ -125,12 +127,12 @@ class RedisStore(StateStore):
         try:
             client = aioredis.Redis.from_url(self.url)
         except (ValueError, RedisError) as exc:
-            raise StoreError(f"state store {self.url}: {exc}") from exc
+            raise StoreError(f"state store {self._shown}: {exc}") from exc
         try:
             await client.ping()
         except RedisError as exc:
             await client.aclose()
-            raise StoreError(f"state store {self.url}: cannot connect ({exc})") from exc
+            raise StoreError(f"state store {self._shown}: cannot connect ({exc})") from exc
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
@@ -153,7 +155,7 @@ class RedisStore(StateStore):
     @property
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
-            raise StoreError(f"state store {self.url}: not started (or closed)")
+            raise StoreError(f"state store {self._shown}: not started (or closed)")
         return self._client
 
     async def _do(self, call: Awaitable[Any]) -> Any:
@@ -161,7 +163,7 @@ class RedisStore(StateStore):
         try:
             return await call
         except RedisError as exc:
-            raise StoreError(f"state store {self.url}: {exc}") from exc
+            raise StoreError(f"state store {self._shown}: {exc}") from exc
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         self._redis  # noqa: B018 -- "not started" rather than a KeyError on the script
@@ -249,5 +251,5 @@ class RedisStore(StateStore):
         """Redis deletes expired keys by itself (and never returns them), so there is nothing
         to purge: always 0."""
         if self._client is None:
-            raise StoreError(f"state store {self.url}: not started (or closed)")
+            raise StoreError(f"state store {self._shown}: not started (or closed)")
         return 0

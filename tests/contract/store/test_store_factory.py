@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from sampan.store.base import StoreError
 from sampan.store.config import StoreConfig
-from sampan.store.factory import STORE_SCHEMES, open_store
+from sampan.store.factory import STORE_SCHEMES, open_store, redact_url
 from sampan.store.postgres import PostgresStore
 from sampan.store.redis import RedisStore
 from sampan.store.sqlite import SqliteStore
@@ -140,3 +140,20 @@ def test_config_refuses_unknown_keys_and_bad_intervals() -> None:
 def test_config_documents_every_field() -> None:
     for name, field in StoreConfig.model_fields.items():
         assert field.description, name
+
+
+def test_errors_never_show_a_password() -> None:
+    assert redact_url("postgresql://u:s3cret@db:5432/x") == "postgresql://u:***@db:5432/x"
+    assert redact_url("redis://:s3cret@cache/0") == "redis://:***@cache/0"
+    assert redact_url("redis://cache/0") == "redis://cache/0"
+    with pytest.raises(StoreError) as info:
+        open_store("mysql://u:s3cret@db/x", Path("."))
+    assert "s3cret" not in str(info.value)
+
+
+async def test_connect_errors_never_show_a_password() -> None:
+    for url in ("redis://:s3cret@127.0.0.1:1/0", "postgresql://postgres:s3cret@127.0.0.1:1/x"):
+        with pytest.raises(StoreError) as info:
+            await open_store(url, Path(".")).start()
+        assert "s3cret" not in str(info.value)
+        assert "***" in str(info.value)
