@@ -18,7 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from sampan.store.base import GroupSummary, StateStore, StoreError
 from sampan.store.factory import redact_url
-from sampan.store.sqlite import check_ttl, decode_counter, not_a_counter
+from sampan.store.sqlite import check_ttl, decode_counter, member_ids, not_a_counter
 
 POOL_MIN = 1
 POOL_MAX = 4
@@ -212,9 +212,10 @@ class PostgresStore(StateStore):
     async def group_remove(
         self, namespace: str, group: str, members: Sequence[str] | None = None
     ) -> None:
+        chosen = None if members is None else member_ids(members)
         async with self._conn() as conn, conn.transaction():
             await conn.execute(_LOCK_GROUP_SQL, namespace, group)
-            if members is None:
+            if chosen is None:
                 await conn.execute(
                     "DELETE FROM sampan_store_members WHERE namespace = $1 AND grp = $2",
                     namespace,
@@ -226,7 +227,7 @@ class PostgresStore(StateStore):
                     " WHERE namespace = $1 AND grp = $2 AND member = ANY($3::text[])",
                     namespace,
                     group,
-                    list(members),
+                    chosen,
                 )
 
     async def groups(self, namespace: str) -> list[GroupSummary]:

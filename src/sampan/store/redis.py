@@ -28,7 +28,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from sampan.store.base import GroupSummary, StateStore, StoreError
 from sampan.store.factory import redact_url
-from sampan.store.sqlite import check_ttl, not_a_counter
+from sampan.store.sqlite import check_ttl, member_ids, not_a_counter
 
 KEY_PREFIX = "sampan:store:"
 
@@ -232,9 +232,10 @@ class RedisStore(StateStore):
     async def group_remove(
         self, namespace: str, group: str, members: Sequence[str] | None = None
     ) -> None:
-        if members is not None and not members:
+        chosen = None if members is None else member_ids(members)
+        if chosen == []:
             return
-        args: list[Any] = [group, "1" if members is None else "0", *(members or ())]
+        args: list[Any] = [group, "1" if chosen is None else "0", *(chosen or ())]
         await self._script("group_remove", self._group_keys(namespace, group), args)
 
     async def groups(self, namespace: str) -> list[GroupSummary]:

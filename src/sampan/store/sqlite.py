@@ -63,6 +63,13 @@ def encode_counter(value: int) -> bytes:
     return str(value).encode("ascii")
 
 
+def member_ids(members: Sequence[str]) -> list[str]:
+    """A bare string is a ``Sequence[str]`` too: refuse it, or "m12" would mean m, 1 and 2."""
+    if isinstance(members, str):
+        raise TypeError("members must be a sequence of member ids, not a single string")
+    return list(members)
+
+
 def not_a_counter(namespace: str, key: str) -> StoreError:
     return StoreError(f"store key {namespace}/{key} holds a value that is not a counter")
 
@@ -273,7 +280,7 @@ class SqliteStore(StateStore):
     async def group_remove(
         self, namespace: str, group: str, members: Sequence[str] | None = None
     ) -> None:
-        chosen = None if members is None else list(members)
+        chosen = None if members is None else member_ids(members)
 
         def run(db: sqlite3.Connection) -> None:
             if chosen is None:

@@ -6,6 +6,8 @@ import asyncio
 import random
 import time
 
+import pytest
+
 from sampan.store.base import GroupSummary, StateStore
 
 CLOCK_SLACK = 2.0
@@ -137,3 +139,11 @@ async def test_groups_and_keys_do_not_collide(store: StateStore, ns: str) -> Non
     assert await store.get(ns, "g") == b"key"
     assert await store.group_members(ns, "g") == [("m", b"member")]
     assert [s.group for s in await store.groups(ns)] == ["g"]
+
+
+async def test_a_single_string_is_not_a_list_of_members(store: StateStore, ns: str) -> None:
+    await store.group_add(ns, "g", "m", b"x")
+    await store.group_add(ns, "g", "m12", b"x")
+    with pytest.raises(TypeError, match="not a single string"):
+        await store.group_remove(ns, "g", "m12")
+    assert [m for m, _ in await store.group_members(ns, "g")] == ["m", "m12"]
