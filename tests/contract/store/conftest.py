@@ -23,6 +23,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs the local PostgreSQL server")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the PostgreSQL runs `postgres` (before `-m` deselects by marks)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = None if callspec is None else callspec.params.get("store_backend")
+        if isinstance(backend, StoreBackend) and backend.name == "postgres":
+            item.add_marker("postgres")
+
+
 # The parent conftest's autouse fixtures belong to the Bus suite (they need its `backend`);
 # overriding them here keeps them out of this suite.
 @pytest.fixture(autouse=True)
