@@ -245,3 +245,31 @@ async def test_sink_names_missing_columns(ctx, table: str) -> None:
     with pytest.raises(ValueError, match="no column 'nope'"):
         await sink.start()
     await sink.stop()
+
+
+async def test_source_reconnects_after_losing_its_connection(
+    ctx, emitter, conn, outbox: str
+) -> None:
+    source = make_source(ctx, outbox, listen=f"{outbox}_new")
+    await source.start(emitter)
+    try:
+        await insert(conn, outbox, 1)
+        for _ in range(100):
+            if len(await emitter.published()) == 1:
+                break
+            await asyncio.sleep(0.05)
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE pid <> pg_backend_pid() AND query LIKE $1",  # ours only: the name is unique
+            f"%{outbox}%",
+        )
+        assert killed >= 1
+        await insert(conn, outbox, 2, start=1)
+        for _ in range(200):
+            if await unpublished(conn, outbox) == 0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await source.stop()
+    assert await unpublished(conn, outbox) == 0
+    assert len(await emitter.published()) == 3

@@ -178,13 +178,15 @@ class OutboxSource(Source):
         self._wake.set()
 
     async def _close_broken(self) -> None:
+        """Drop connections that failed; a failed emit or query leaves a healthy connection
+        (its transaction already rolled back), which is kept."""
         for conn in (self._conn, self._listener):
-            if conn is not None and not conn.is_closed():
-                try:
-                    await conn.close(timeout=2)
-                except Exception:
-                    conn.terminate()
-        self._conn = self._listener = None
+            if conn is not None and not conn.is_closed() and conn.is_in_transaction():
+                conn.terminate()  # should not happen: the transaction block rolled back
+        if self._conn is not None and self._conn.is_closed():
+            self._conn = None
+        if self._listener is not None and self._listener.is_closed():
+            self._listener = None
 
     async def poll_once(self, emit: Emit) -> int:
         """Emit and settle one batch in one transaction; returns how many rows. If the emit
