@@ -163,3 +163,31 @@ async def test_sink_refuses_wildcards_and_survives_a_down_broker(ctx) -> None:
     with pytest.raises(aiomqtt.MqttError):
         await down.send(FlowMessage(raw=b"x"))
     await down.stop()
+
+
+async def test_source_reconnects_when_the_broker_drops_it(ctx, emitter) -> None:
+    """A second connection with the same client id makes the broker drop the source's; the
+    source reconnects (with backoff) and goes on receiving."""
+    prefix, client_id = f"t-{uuid.uuid4().hex}", f"sampan-test-{uuid.uuid4().hex[:8]}"
+    source = make_source(ctx, prefix, client_id)
+    await source.start(emitter)
+    try:
+        await asyncio.wait_for(source.connected.wait(), 10)
+        async with aiomqtt.Client("127.0.0.1", 1883, identifier=client_id, clean_session=False):
+            pass  # takes the session over: the broker disconnects the source
+
+        async def reconnected() -> bool:
+            metrics = ctx.metrics.render().decode()
+            return 'sampan_flow_mqtt_reconnects_total{flow="f1"} 1' in metrics
+
+        await wait_for(reconnected)
+        await asyncio.wait_for(source.connected.wait(), 10)
+        await publish(f"{prefix}/after", [b"still here"])
+
+        async def got() -> bool:
+            return len(await emitter.published()) == 1
+
+        await wait_for(got)
+    finally:
+        await source.stop()
+        await forget_session(client_id)
