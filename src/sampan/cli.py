@@ -13,6 +13,7 @@ import typer
 from sampan import __version__
 from sampan.cli_bus import bus_app
 from sampan.cli_config import load_or_exit
+from sampan.cli_flows import docs_asyncapi, flow_app
 from sampan.cli_mesh import mesh_app
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(bus_app, name="bus")
 app.add_typer(mesh_app, name="mesh")
+app.add_typer(flow_app, name="flow")
 log = logging.getLogger("sampan.cli")
 
 
@@ -243,6 +245,7 @@ def services(
 
 docs_app = typer.Typer(help="Generate documents from a config.")
 app.add_typer(docs_app, name="docs")
+docs_app.command("asyncapi")(docs_asyncapi)
 
 
 @docs_app.command("openapi")

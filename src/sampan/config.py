@@ -13,22 +13,20 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self, TypeVar
+from typing import Any, Final, Literal, Self, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from sampan.bus.retry import RetryPolicy
+from sampan.bus.retry_config import RetryConfig
 from sampan.config_loader import (
     ConfigError,
     ConfigIssue,
@@ -36,8 +34,12 @@ from sampan.config_loader import (
     read_config_file,
     validate_document,
 )
+from sampan.config_types import ImportPath, Name
+from sampan.flows.config import FlowConfig
+from sampan.flows.references import references
 from sampan.gateway.config import ConsumerConfig, GatewayConfig, RouteConfig
 from sampan.mesh.config import MeshConfig, ServiceConfig
+from sampan.store.config import StoreConfig
 from sampan.units import ByteSize, Duration, describe_value
 
 __all__ = [
@@ -65,46 +67,7 @@ __all__ = [
 
 SCHEMA_ID: Final = "urn:sampan:config"
 BUS_SCHEMES: Final = ("sqlite", "nats", "redis", "rediss", "memory")
-NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
-_DOTTED: Final = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
-IMPORT_PATH_PATTERN: Final = rf"^{_DOTTED}:{_DOTTED}$"
-_NAME_RE: Final = re.compile(NAME_PATTERN)
-_IMPORT_PATH_RE: Final = re.compile(IMPORT_PATH_PATTERN)
 _SCHEME_RE: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
-def _check_name(value: str) -> str:
-    if not _NAME_RE.fullmatch(value):
-        raise PydanticCustomError(
-            "name_pattern",
-            "must be 1-200 letters, digits, '.', '_' or '-', starting with a letter or digit,"
-            " got {value}",
-            {"value": describe_value(value)},
-        )
-    return value
-
-
-def _check_import_path(value: str) -> str:
-    if not _IMPORT_PATH_RE.fullmatch(value):
-        raise PydanticCustomError(
-            "import_path",
-            "must be an import path like 'package.module:function', got {value}",
-            {"value": describe_value(value)},
-        )
-    return value
-
-
-Name = Annotated[
-    str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": NAME_PATTERN})
-]
-"""A topic or group name: safe in file names, subjects (NATS) and stream keys (Redis)."""
-
-ImportPath = Annotated[
-    str,
-    AfterValidator(_check_import_path),
-    WithJsonSchema({"type": "string", "pattern": IMPORT_PATH_PATTERN}),
-]
-"""``package.module:attribute``: where user code is imported from."""
 
 
 T = TypeVar("T")
@@ -194,35 +157,6 @@ def _absolute(base_dir: Path, path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ bus
-
-
-class RetryConfig(_Section):
-    """Redelivery of messages whose handler failed, before they are dead-lettered."""
-
-    max_attempts: int = Field(
-        5, ge=1, description="Deliveries before a message is dead-lettered (1 = no retry)."
-    )
-    initial_backoff: Duration = Field(0.2, description="Delay before the first redelivery.")
-    max_backoff: Duration = Field(30.0, description="Upper bound of the delay between deliveries.")
-    multiplier: float = Field(
-        2.0, ge=1, description="Factor applied to the delay after each failed delivery."
-    )
-    jitter: float = Field(
-        0.2,
-        ge=0,
-        le=1,
-        description="Fraction of each delay that is randomised, so retries of a burst of"
-        " failures do not arrive together (0 = none, 1 = full jitter).",
-    )
-
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            max_attempts=self.max_attempts,
-            initial_backoff=self.initial_backoff,
-            max_backoff=self.max_backoff,
-            multiplier=self.multiplier,
-            jitter=self.jitter,
-        )
 
 
 class RetentionConfig(_Section):
@@ -403,6 +337,61 @@ class SampanConfig(_Section):
     mesh: MeshConfig = Field(
         default_factory=MeshConfig, description="Identity (mTLS), authorisation, deadlines."
     )
+    store: StoreConfig = Field(
+        default_factory=StoreConfig,
+        description="Where stateful flow steps keep their state (SQLite, Redis, PostgreSQL).",
+    )
+    flows: list[FlowConfig] = Field(
+        default_factory=list, description="Integration flows (Enterprise Integration Patterns)."
+    )
+
+    @field_validator("flows")
+    @classmethod
+    def _unique_flows(cls, items: list[FlowConfig]) -> list[FlowConfig]:
+        return require_unique(cls.__name__, "flows", "flow name", items, lambda item: item.name)
+
+    @model_validator(mode="after")
+    def _flows_refer_to_what_exists(self) -> Self:
+        services = {service.name for service in self.services}
+        routes = {route.name: route for route in self.routes}
+        declared_topics = {topic.name for topic in self.bus.topics}
+        problems = []
+        for index, flow in enumerate(self.flows):
+            for ref in references(flow, ("flows", index)):
+                message = None
+                if ref.kind == "service" and ref.name not in services:
+                    message = "no service named '{name}' in `services:` (known: {known})"
+                    known = services
+                elif ref.kind == "route":
+                    route = routes.get(ref.name)
+                    known = {name for name, r in routes.items() if r.target.topic is not None}
+                    if route is None or route.target.topic is None:
+                        message = "no route named '{name}' with a topic target (known: {known})"
+                elif (
+                    ref.kind == "topic"
+                    and not self.bus.auto_create_topics
+                    and ref.name not in declared_topics
+                ):
+                    message = (
+                        "topic '{name}' is not declared in `bus.topics` and"
+                        " `bus.auto_create_topics` is off (declared: {known})"
+                    )
+                    known = declared_topics
+                if message is not None:
+                    problems.append(
+                        InitErrorDetails(
+                            type=PydanticCustomError(
+                                f"unknown_{ref.kind}",
+                                message,
+                                {"name": ref.name, "known": ", ".join(sorted(known)) or "none"},
+                            ),
+                            loc=ref.loc,
+                            input=ref.name,
+                        )
+                    )
+        if problems:
+            raise ValidationError.from_exception_data("SampanConfig", problems)
+        return self
 
     @field_validator("services")
     @classmethod

@@ -16,10 +16,12 @@ import typing
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core.core_schema import ErrorType
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -615,3 +617,39 @@ def _literal_choices(annotation: Any) -> tuple[Any, ...]:
     if typing.get_origin(annotation) is typing.Literal:
         return typing.get_args(annotation)
     return ()
+
+
+# Pydantic's own error kinds can be re-raised by name; custom ones (durations, sizes) and
+# value errors are re-raised with their message.
+_BUILTIN_ERROR_TYPES: Final = frozenset(get_args(ErrorType))
+
+
+def relocated(
+    title: str,
+    exc: ValidationError,
+    prefix: tuple[str | int, ...],
+    *,
+    unwrap: str | None = None,
+) -> ValidationError:
+    """``exc``'s errors moved under ``prefix``: a model validated inside another model's
+    validator (a plugin's options, a flow step's options) still reports the full key path.
+    ``unwrap`` drops that leading key: the value was written in short form without it."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                type=error["type"]
+                if error["type"] in _BUILTIN_ERROR_TYPES
+                and not error["type"].startswith("value_error")
+                else PydanticCustomError(error["type"], error["msg"]),
+                loc=(*prefix, *_unwrapped(error["loc"], unwrap)),
+                input=error["input"],
+                ctx=error.get("ctx", {}),
+            )
+            for error in exc.errors()
+        ],
+    )
+
+
+def _unwrapped(loc: tuple[str | int, ...], key: str | None) -> tuple[str | int, ...]:
+    return loc[1:] if key is not None and loc[:1] == (key,) else loc

@@ -13,6 +13,7 @@ import inspect
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,13 @@ from sampan.bus.consumer import Consumer, ConsumerOptions
 from sampan.bus.factory import open_bus
 from sampan.bus.sqlite import SqliteBusOptions
 from sampan.config import ConfigError, RetentionConfig, SampanConfig, load_config
+from sampan.flows.service import FlowService
 from sampan.gateway.service import GatewayService
 from sampan.mesh.mesh import Mesh
 from sampan.observe.metrics import Metrics
 from sampan.python_target import load_target
+from sampan.store.base import StateStore
+from sampan.store.factory import open_store
 
 log = logging.getLogger("sampan.node")
 
@@ -97,6 +101,10 @@ class Node:
             ),
             self.metrics,
         )
+        self.store: StateStore | None = (
+            open_store(config.store.url, data_dir) if config.flows else None
+        )
+        self.flows: FlowService | None = None
         self.stopping = asyncio.Event()
         self.consumers: list[Consumer] = []
         self.admin: AdminServer | None = None
@@ -154,18 +162,37 @@ class Node:
             )
             await consumer.start()
             self.consumers.append(consumer)
+        if config.flows:
+            assert self.store is not None
+            await self.store.start()
+            self.flows = FlowService(
+                config.flows,
+                bus=self.bus,
+                store=self.store,
+                metrics=self.metrics,
+                base_dir=self.config_path.parent if self.config_path else Path.cwd(),
+                data_dir=Path(config.node.data_dir),
+                node=config.node.name,
+                default_retry=config.bus.retry,
+                routes=config.routes,
+                mesh=self.mesh,
+                fetch_batch=config.bus.fetch_batch,
+                lease_seconds=config.bus.lease,
+            )
+            await self.flows.start()
         for task in config.tasks:
             run = load_target(task.run)
             ctx = self._context(dict(task.options))
             self._tasks.append(asyncio.create_task(self._run_task(task.run, run, ctx)))
         self._maintenance = asyncio.create_task(self._maintain())
         log.info(
-            "node %s up: bus %s, admin %s, %d consumer(s), %d task(s)",  # tests parse this
+            "node %s up: bus %s, admin %s, %d consumer(s), %d task(s), %d flow(s)",  # tests parse
             config.node.name,
             self.bus_url,
             self.admin_url or "off",
             len(self.consumers),
             len(self._tasks),
+            len(self.flows.flows) if self.flows is not None else 0,
         )
 
     async def stop(self) -> None:
@@ -176,7 +203,11 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.gateway is not None:
             await self.gateway.stop()  # drain HTTP first: it publishes into the bus
-        await asyncio.gather(*(c.stop(grace) for c in self.consumers), return_exceptions=True)
+        await asyncio.gather(
+            *(c.stop(grace) for c in self.consumers),
+            *([self.flows.stop(grace)] if self.flows is not None else []),
+            return_exceptions=True,
+        )
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
@@ -184,6 +215,8 @@ class Node:
             await self.mesh.stop()
         if self.admin is not None:
             await self.admin.stop()
+        if self.store is not None and self.flows is not None:
+            await self.store.close()
         if self._started:
             await self.bus.close()
         log.info("node %s stopped", self.config.node.name)
@@ -280,12 +313,19 @@ class Node:
     # -- housekeeping -------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
+        purged_at = time.monotonic()
         while True:
             try:
                 removed = await self.bus.enforce_retention()
                 if removed:
                     log.info("retention removed %d message(s)", removed)
                 await self._refresh_lag()
+                if (
+                    self.store is not None
+                    and time.monotonic() - purged_at >= self.config.store.purge_interval
+                ):
+                    purged_at = time.monotonic()
+                    await self.store.purge_expired()
             except asyncio.CancelledError:
                 raise
             except Exception:

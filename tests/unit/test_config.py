@@ -279,7 +279,7 @@ def test_unknown_key_lists_expected_keys() -> None:
     top = only(text_issues("gatway: {}\n"))
     assert top.format() == (
         "sampan.yaml:1:1 gatway: unknown key (expected one of: node, bus, subscriptions, tasks,"
-        " gateway, consumers, routes, services, mesh)"
+        " gateway, consumers, routes, services, mesh, store, flows)"
     )
 
 
@@ -763,6 +763,8 @@ def test_json_schema_documents_the_whole_config() -> None:
         "routes",
         "services",
         "mesh",
+        "store",
+        "flows",
     }
     assert schema["additionalProperties"] is False
     assert schema["properties"] == SampanConfig.model_json_schema()["properties"]

@@ -45,6 +45,8 @@ class EndpointContext:
     base_dir: Path
     """Directory of the config file: relative paths in the config are relative to it."""
     data_dir: Path
+    node: str = "sampan"
+    """The node's name: per-node consumer groups (lookup tables) are named after it."""
     mesh: Mesh | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,5 +84,6 @@ class EndpointKind(Generic[ConfigT, PartT]):
 
     key: str
     config: type[ConfigT]
-    build: Callable[[ConfigT, EndpointContext], PartT]
+    build: Callable[[ConfigT, EndpointContext], PartT] | None
+    """None for a source the flow consumes from the bus itself (a topic, a route's topic)."""
     summary: str

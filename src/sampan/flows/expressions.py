@@ -128,10 +128,20 @@ def predicate(text: str) -> Callable[[FlowMessage], bool]:
     evaluate = evaluator(text)
 
     def test(message: FlowMessage) -> bool:
-        value = evaluate(message)
-        return not (value is None or value is False or value in ("", [], {}))
+        return is_truthy(evaluate(message))
 
     return test
+
+
+def is_truthy(value: Any) -> bool:
+    """JMESPath's truthiness (0 is true, unlike Python)."""
+    return not (value is None or value is False or value in ("", [], {}))
+
+
+def searcher(text: str) -> Callable[[Any], Any]:
+    """Evaluate a JMESPath expression against any document (not a message)."""
+    parsed = compile_jmespath(text)
+    return lambda document: parsed.search(document, _OPTIONS)
 
 
 def renderer(text: str) -> Callable[[FlowMessage], str]:

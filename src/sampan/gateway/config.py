@@ -8,7 +8,7 @@ both, and the config loader reports its errors at the entry's location.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,8 +19,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from pydantic_core.core_schema import ErrorType
 
+from sampan.config_loader import relocated
 from sampan.mesh.fault import FaultConfig
 from sampan.units import ByteSize, Duration
 
@@ -28,10 +28,6 @@ from sampan.units import ByteSize, Duration
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-
-# Pydantic's own error kinds can be re-raised by name; custom ones (durations, sizes) and
-# value errors are re-raised with their message.
-BUILTIN_ERROR_TYPES = frozenset(get_args(ErrorType))
 
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -106,21 +102,7 @@ class PluginEntry(_Section):
         try:
             plugin.Options.model_validate(self.config)
         except ValidationError as exc:
-            raise ValidationError.from_exception_data(
-                "PluginEntry",
-                [
-                    InitErrorDetails(
-                        type=error["type"]
-                        if error["type"] in BUILTIN_ERROR_TYPES
-                        and not error["type"].startswith("value_error")
-                        else PydanticCustomError(error["type"], error["msg"]),
-                        loc=("config", *error["loc"]),
-                        input=error["input"],
-                        ctx=error.get("ctx", {}),
-                    )
-                    for error in exc.errors()
-                ],
-            ) from None
+            raise relocated("PluginEntry", exc, ("config",)) from None
         return self
 
 

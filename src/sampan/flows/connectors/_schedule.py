@@ -18,7 +18,7 @@ from sampan.flows.connectors._support import Backoff, cancel_task, log, wait_or_
 from sampan.flows.endpoint import Emit, EndpointContext, Source
 from sampan.flows.message import encode_payload
 
-HEADER_FIRED_AT = "sampan-fired-at"
+HEADER_FIRED_AT = "flow-fired-at"
 _MAX_SLEEP = 30.0
 """Sleep in slices so a wall-clock jump (NTP step, suspend) delays a tick by at most this."""
 

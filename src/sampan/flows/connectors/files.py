@@ -36,9 +36,9 @@ from sampan.flows.expressions import BraceTemplate, brace_renderer
 from sampan.flows.message import FlowMessage
 from sampan.units import ByteSize, Duration
 
-HEADER_FILE_NAME: Final = "sampan-file-name"
-HEADER_FILE_SIZE: Final = "sampan-file-size"
-HEADER_FILE_MTIME: Final = "sampan-file-mtime"
+HEADER_FILE_NAME: Final = "flow-file-name"
+HEADER_FILE_SIZE: Final = "flow-file-size"
+HEADER_FILE_MTIME: Final = "flow-file-mtime"
 MAX_NAME_BYTES: Final = 255
 
 
@@ -386,7 +386,7 @@ class FilesSinkConfig(BaseModel):
     )
     name: BraceTemplate | None = Field(
         None,
-        description='File name template, e.g. `{key}-{headers."sampan-id"}.json`. Must '
+        description='File name template, e.g. `{key}-{headers."flow-id"}.json`. Must '
         "produce one plain name (no '/', no leading '.'). Default: a random UUID. A name that "
         "exists is replaced, so a retried message rewrites the same file.",
     )

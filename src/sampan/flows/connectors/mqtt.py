@@ -37,8 +37,8 @@ from sampan.flows.expressions import BraceTemplate, brace_renderer
 from sampan.flows.message import FlowMessage
 from sampan.units import Duration
 
-HEADER_TOPIC: Final = "sampan-mqtt-topic"
-HEADER_RETAINED: Final = "sampan-mqtt-retained"
+HEADER_TOPIC: Final = "flow-mqtt-topic"
+HEADER_RETAINED: Final = "flow-mqtt-retained"
 
 
 @dataclass(frozen=True, slots=True)

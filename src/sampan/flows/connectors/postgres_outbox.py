@@ -32,8 +32,8 @@ from sampan.flows.connectors._support import (
 from sampan.flows.endpoint import Emit, EndpointContext, EndpointKind, Source
 from sampan.units import Duration
 
-HEADER_OUTBOX_ID: Final = "sampan-outbox-id"
-HEADER_OUTBOX_TOPIC: Final = "sampan-outbox-topic"
+HEADER_OUTBOX_ID: Final = "flow-outbox-id"
+HEADER_OUTBOX_TOPIC: Final = "flow-outbox-topic"
 
 
 def outbox_ddl(table: str, notify: str | None = None) -> list[str]:

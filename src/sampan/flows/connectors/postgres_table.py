@@ -35,7 +35,7 @@ class TableConfig(BaseModel):
     columns: dict[SqlColumn, Expression] = Field(
         min_length=1,
         description="Column name → JMESPath expression giving its value, e.g. "
-        '`{order_id: data.id, body: data, source: headers."sampan-flow"}`.',
+        '`{order_id: data.id, body: data, source: headers."flow-flow"}`.',
     )
     on_conflict: Literal["nothing", "error"] = Field(
         "error",

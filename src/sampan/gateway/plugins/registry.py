@@ -29,6 +29,7 @@ from sampan.gateway.plugins.request_id import RequestIdPlugin
 from sampan.gateway.plugins.request_size_limit import RequestSizeLimitPlugin
 from sampan.gateway.plugins.request_transformer import RequestTransformerPlugin
 from sampan.gateway.plugins.response_transformer import ResponseTransformerPlugin
+from sampan.gateway.plugins.webhook_signature import WebhookSignaturePlugin
 from sampan.units import format_byte_size, format_duration
 
 __all__ = ["PluginConfigError", "build_chain", "build_plugin", "plugin_docs", "plugin_types"]
@@ -41,6 +42,7 @@ def plugin_types() -> dict[str, type[Plugin]]:
         CorsPlugin,
         IpRestrictionPlugin,
         RequestSizeLimitPlugin,
+        WebhookSignaturePlugin,
         JwtPlugin,
         KeyAuthPlugin,
         AclPlugin,

@@ -140,9 +140,10 @@ async def test_running_source_picks_up_files(ctx, emitter, inbox: Path) -> None:
     try:
         for i in range(5):
             (inbox / f"m{i}").write_bytes(b"%d" % i)
-        for _ in range(100):
+        for _ in range(200):
             await asyncio.sleep(0.05)
-            if len(await emitter.published()) == 5:
+            moved = not [n for n in os.listdir(inbox) if n.startswith("m")]
+            if len(await emitter.published()) == 5 and moved:
                 break
     finally:
         await src.stop()

@@ -21,6 +21,7 @@ def test_types_are_complete_and_documented() -> None:
         "cors",
         "ip-restriction",
         "request-size-limit",
+        "webhook-signature",
         "jwt",
         "key-auth",
         "acl",

@@ -1,0 +1,138 @@
+"""One running flow: its source, its consumer group and its steps.
+
+Every flow consumes a bus topic: its own (a ``topic`` or a ``route`` source) or an ingress
+topic its connector lands messages on. The bus therefore gives every flow the same
+delivery semantics: a message is acked only after all its steps (every ``to`` of every
+branch) succeeded, failures are retried with backoff and then dead-lettered naming the
+failing step, keys keep their order while different keys run concurrently, and a stop
+finishes or hands back in-flight messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from sampan.bus.base import Delivery, OutgoingMessage, StartPosition
+from sampan.bus.consumer import Consumer, ConsumerOptions
+from sampan.bus.retry import RetryPolicy
+from sampan.flows.builder import FlowBuilder
+from sampan.flows.config import FlowConfig
+from sampan.flows.endpoint import EndpointContext, Sink, Source
+from sampan.flows.endpoints.route import RouteSourceConfig
+from sampan.flows.endpoints.topic import TopicSourceConfig
+from sampan.flows.expressions import evaluator
+from sampan.flows.kinds import source_kinds
+from sampan.flows.message import FlowMessage, decode_payload
+from sampan.flows.pipeline import Pipeline
+from sampan.flows.service_caller import ServiceCaller
+from sampan.flows.steps.headers import header_text
+
+log = logging.getLogger("sampan.flows")
+
+
+async def _end(_messages: list[FlowMessage]) -> None:
+    """What comes out of a flow's last step is done."""
+
+
+class Flow:
+    def __init__(
+        self,
+        config: FlowConfig,
+        ctx: EndpointContext,
+        services: ServiceCaller,
+        *,
+        retry: RetryPolicy,
+        fetch_batch: int = 256,
+        lease_seconds: float = 30.0,
+        route_topics: dict[str, str] | None = None,
+        start_source: bool = True,
+        replace_sink: Callable[[str], Sink] | None = None,
+    ) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.name = config.name
+        builder = FlowBuilder(ctx, services, replace_sink)
+        self.pipeline: Pipeline = builder.build_steps(config.steps, "", _end)
+        self.topic, self.group, start = self._input(config, route_topics or {})
+        self.source: Source | None = None
+        ingress = config.ingress_topic()
+        if ingress is not None and start_source:
+            build = source_kinds()[config.source.kind].build
+            assert build is not None
+            self.source = build(config.source.options, ctx)
+        self._key = evaluator(config.key) if config.key is not None else None
+        self._options = ConsumerOptions(
+            concurrency=config.concurrency,
+            batch=fetch_batch,
+            lease_seconds=lease_seconds,
+            retry=retry,
+            start=start,
+        )
+        self.consumer: Consumer | None = None
+        self._quartet = ctx.metrics.target("flow", config.name)
+
+    @staticmethod
+    def _input(config: FlowConfig, route_topics: dict[str, str]) -> tuple[str, str, StartPosition]:
+        options = config.source.options
+        if isinstance(options, TopicSourceConfig):
+            return options.topic, options.group or config.name, options.start
+        if isinstance(options, RouteSourceConfig):
+            return route_topics[options.route], config.name, "earliest"
+        ingress = config.ingress_topic()
+        assert ingress is not None
+        return ingress, config.name, "earliest"
+
+    async def start(self) -> None:
+        await self.pipeline.start()
+        self.consumer = Consumer(
+            self.ctx.bus, self.topic, self.group, self.handle, self._options, self.ctx.metrics
+        )
+        await self.consumer.start()
+        if self.source is not None:
+            await self.source.start(self.emit)
+        log.info("flow %s: %s -> %d step(s)", self.name, self.topic, len(self.pipeline.steps))
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Intake first, then in-flight messages (finished or handed back), then steps."""
+        if self.source is not None:
+            await self.source.stop()
+        if self.consumer is not None:
+            await self.consumer.stop(grace)
+        await self.pipeline.stop()
+
+    async def handle(self, delivery: Delivery) -> None:
+        message = FlowMessage(
+            raw=delivery.value,
+            headers=dict(delivery.headers),
+            key=delivery.key,
+            origin=f"{delivery.topic}@{delivery.offset}",
+        )
+        started = time.perf_counter()
+        try:
+            await self.pipeline.run([message])
+        except BaseException:
+            self._quartet.observe(time.perf_counter() - started, error=True)
+            raise
+        self._quartet.observe(time.perf_counter() - started)
+
+    async def emit(self, messages: Sequence[OutgoingMessage]) -> None:
+        """A connector lands messages on the ingress topic (durable when this returns)."""
+        if self._key is not None:
+            messages = [self._keyed(message) for message in messages]
+        await self.ctx.bus.publish_batch(self.topic, messages)
+
+    def _keyed(self, message: OutgoingMessage) -> OutgoingMessage:
+        assert self._key is not None
+        probe = FlowMessage(decode_payload(message.value), headers=dict(message.headers or {}))
+        value = self._key(probe)
+        key = None if value is None else header_text(value)
+        return OutgoingMessage(
+            message.value,
+            key,
+            message.headers,
+            message.deliver_at,
+            message.dedupe_key,
+            message.dedupe_ttl,
+        )

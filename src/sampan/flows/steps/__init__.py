@@ -1,0 +1,1 @@
+"""The steps of a flow, one Enterprise Integration Pattern per file."""

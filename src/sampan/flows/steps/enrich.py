@@ -1,0 +1,173 @@
+"""Content enricher: add data fetched from a service (through the mesh) or looked up in a
+topic table (the latest message per key of a topic) to the payload."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field, model_validator
+
+from sampan.bus.base import Delivery
+from sampan.bus.consumer import Consumer, ConsumerOptions
+from sampan.config_types import Name
+from sampan.flows.errors import InvalidMessage, RejectedByDestination
+from sampan.flows.expressions import BraceTemplate, Expression, brace_renderer, evaluator
+from sampan.flows.message import FlowMessage, decode_payload
+from sampan.flows.options import Options
+from sampan.flows.service_caller import ServiceUnavailable
+from sampan.flows.step import BuildContext, Step, StepKind
+from sampan.flows.ttl_cache import TtlCache
+from sampan.units import Duration
+
+log = logging.getLogger("sampan.flows.enrich")
+
+_ABSENT = object()
+
+
+class EnrichCacheOptions(Options):
+    ttl: Duration = Field(60.0, gt=0, description="How long an answer is reused.")
+    max_entries: int = Field(10000, ge=1, description="Most answers kept (least recent go).")
+
+
+class EnrichOptions(Options):
+    service: str | None = Field(None, description="Mesh service to ask (see `services:`).")
+    path: BraceTemplate = Field(
+        "/", description="Request path; `{expr}` placeholders are URL-escaped JMESPath values."
+    )
+    method: Literal["GET", "POST"] = Field(
+        "GET", description="GET, or POST sending the payload as JSON."
+    )
+    table: Name | None = Field(
+        None, description="Topic read as a table: the latest message per key is the row."
+    )
+    key: Expression | None = Field(None, description="JMESPath giving the table key.")
+    into: str = Field(description="Payload field that receives the result.")
+    missing: Literal["fail", "null", "drop"] = Field(
+        "fail",
+        description="When the service answers 404 or the table has no row: fail the message "
+        "(dead-lettered at once), set null, or drop the message.",
+    )
+    cache: EnrichCacheOptions | None = Field(
+        None, description="Reuse answers for a while (per node, in memory)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnrichOptions:
+        if (self.service is None) == (self.table is None):
+            raise ValueError("give exactly one of service or table")
+        if self.table is not None and self.key is None:
+            raise ValueError("a table lookup needs `key`")
+        return self
+
+
+class EnrichStep(Step):
+    def __init__(self, options: EnrichOptions, ctx: BuildContext) -> None:
+        self.label = ctx.label
+        self._options = options
+        self._ctx = ctx
+        self._into = options.into
+        self._path = brace_renderer(options.path, url_quote=True)
+        self._key: Callable[[FlowMessage], Any] | None = (
+            evaluator(options.key) if options.key is not None else None
+        )
+        self._cache: TtlCache[Any] | None = (
+            TtlCache(options.cache.max_entries, options.cache.ttl) if options.cache else None
+        )
+        self._table_namespace = f"table:{options.table}"
+        self._loader: Consumer | None = None
+
+    async def start(self) -> None:
+        if self._options.table is None:
+            return
+        ctx = self._ctx.endpoint
+        store = ctx.store
+        namespace = self._table_namespace
+
+        async def load(delivery: Delivery) -> None:
+            if delivery.key is None:
+                log.warning("table %s: message %d has no key; ignored", namespace, delivery.offset)
+                return
+            await store.put(namespace, delivery.key, delivery.value)
+
+        self._loader = Consumer(
+            ctx.bus,
+            self._options.table,
+            f"table.{ctx.node}",
+            load,
+            ConsumerOptions(concurrency=4, start="earliest"),
+            ctx.metrics,
+        )
+        await self._loader.start()
+
+    async def stop(self) -> None:
+        if self._loader is not None:
+            await self._loader.stop()
+
+    async def process(self, message: FlowMessage) -> list[FlowMessage]:
+        payload = message.data
+        if not isinstance(payload, dict):
+            raise InvalidMessage(f"cannot enrich into {self._into!r}: the payload is no object")
+        if self._options.service is not None:
+            lookup = self._path(message)
+            value = await self._cached(lookup, lambda: self._ask_service(lookup, message))
+        else:
+            assert self._key is not None
+            key = self._key(message)
+            if key is None:
+                raise InvalidMessage("the table key expression gave null")
+            lookup = key if isinstance(key, str) else orjson.dumps(key).decode()
+            value = await self._cached(lookup, lambda: self._read_table(lookup))
+        if value is _ABSENT:
+            if self._options.missing == "drop":
+                return []
+            if self._options.missing == "fail":
+                raise InvalidMessage(f"nothing found for {lookup!r}")
+            value = None
+        message.data = {**payload, self._into: value}
+        return [message]
+
+    async def _cached(self, lookup: str, fetch: Callable[[], Any]) -> Any:
+        cache = self._cache
+        if cache is not None:
+            found, value = cache.get(lookup)
+            if found:
+                return value
+        value = await fetch()
+        if cache is not None:
+            cache.put(lookup, value)
+        return value
+
+    async def _ask_service(self, path: str, message: FlowMessage) -> Any:
+        service = self._options.service
+        assert service is not None
+        body = message.body() if self._options.method == "POST" else None
+        answer = await self._ctx.services.call(service, self._options.method, path, body)
+        if answer.status == 404:
+            return _ABSENT
+        if 200 <= answer.status < 300:
+            return decode_payload(answer.body) if answer.body else None
+        detail = answer.body[:200].decode("utf-8", "replace")
+        if 400 <= answer.status < 500 and answer.status not in (408, 429):
+            raise RejectedByDestination(f"{service} answered {answer.status}: {detail}")
+        raise ServiceUnavailable(f"{service} answered {answer.status}: {detail}")
+
+    async def _read_table(self, key: str) -> Any:
+        stored = await self._ctx.endpoint.store.get(self._table_namespace, key)
+        return _ABSENT if stored is None else decode_payload(stored)
+
+
+KIND = StepKind(
+    "enrich",
+    EnrichOptions,
+    EnrichStep,
+    "Add data from a service (through the mesh) or a topic table to the payload.",
+    {
+        "service": "customers",
+        "path": "/customers/{data.customer_id}",
+        "into": "customer",
+        "cache": {"ttl": "60s"},
+    },
+)
