@@ -48,7 +48,8 @@ class EnrichOptions(Options):
     missing: Literal["fail", "null", "drop"] = Field(
         "fail",
         description="When the service answers 404 or the table has no row: fail the message "
-        "(dead-lettered at once), set null, or drop the message.",
+        "(a 404 is dead-lettered at once; a missing row is retried, it may still be loading), "
+        "set null, or drop the message.",
     )
     cache: EnrichCacheOptions | None = Field(
         None, description="Reuse answers for a while (per node, in memory)."
@@ -124,6 +125,9 @@ class EnrichStep(Step):
             if self._options.missing == "drop":
                 return []
             if self._options.missing == "fail":
+                if self._options.table is not None:
+                    # The row may not be loaded yet (the table is read concurrently): retry.
+                    raise LookupError(f"no row {lookup!r} in table {self._options.table!r} yet")
                 raise InvalidMessage(f"nothing found for {lookup!r}")
             value = None
         message.data = {**payload, self._into: value}
@@ -136,7 +140,7 @@ class EnrichStep(Step):
             if found:
                 return value
         value = await fetch()
-        if cache is not None:
+        if cache is not None and value is not _ABSENT:
             cache.put(lookup, value)
         return value
 
