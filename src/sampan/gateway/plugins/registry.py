@@ -7,14 +7,10 @@ call (it is only called at config load time).
 from __future__ import annotations
 
 import sys
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+from pydantic import ValidationError
 
 from sampan.gateway.config import PluginEntry
 from sampan.gateway.plugins.acl import AclPlugin
@@ -30,7 +26,7 @@ from sampan.gateway.plugins.request_size_limit import RequestSizeLimitPlugin
 from sampan.gateway.plugins.request_transformer import RequestTransformerPlugin
 from sampan.gateway.plugins.response_transformer import ResponseTransformerPlugin
 from sampan.gateway.plugins.webhook_signature import WebhookSignaturePlugin
-from sampan.units import format_byte_size, format_duration
+from sampan.options_docs import clean_doc, first_paragraph, options_table
 
 __all__ = ["PluginConfigError", "build_chain", "build_plugin", "plugin_docs", "plugin_types"]
 
@@ -131,90 +127,6 @@ def build_chain(
 # --------------------------------------------------------------------------- docs
 
 
-_ANNOTATED_NAMES = {
-    "_header_name": "header name",
-    "_header_value": "header value",
-    "_json_path": "dotted path",
-    "_cidr": "IP or CIDR",
-    "check_re2": "regex",
-    "parse_duration": "duration",
-    "parse_byte_size": "size",
-}
-
-
-def _annotated_name(hint: Any) -> str | None:
-    text = repr(hint)
-    for marker, name in _ANNOTATED_NAMES.items():
-        if marker in text:
-            return name
-    return None
-
-
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Annotated:
-        return _annotated_name(hint) or _type_name(args[0])
-    if origin in (typing.Union, types.UnionType):
-        members = [a for a in args if a is not type(None)]
-        named = " or ".join(_type_name(a) for a in members)
-        return f"{named} or null" if len(members) < len(args) else named
-    if origin is typing.Literal:
-        return " \\| ".join(f"`{a}`" for a in args)
-    if origin is list:
-        return f"list of {_type_name(args[0])}"
-    if origin is dict:
-        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}"
-    if hint is Any:
-        return "any JSON"
-    if isinstance(hint, type) and issubclass(hint, BaseModel):
-        return "mapping"
-    names = {bool: "boolean", int: "integer", float: "number", str: "string"}
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _default(info: FieldInfo, hint: Any) -> str:
-    if info.default_factory is not None:
-        factory: Any = info.default_factory
-        if isinstance(factory, type) and issubclass(factory, BaseModel):
-            return "see below"
-        value = factory()
-    elif info.default is PydanticUndefined:
-        return "**required**"
-    else:
-        value = info.default
-    if value is None:
-        return "`null`"
-    if isinstance(value, bool):
-        return "`true`" if value else "`false`"
-    if isinstance(value, list):
-        return "`[" + ", ".join(str(v) for v in value) + "]`"
-    if isinstance(value, dict) and not value:
-        return "`{}`"
-    kind = _type_name(hint)
-    if kind.startswith("duration"):
-        return "`0s`" if value == 0 else f"`{format_duration(value)}`"
-    if kind.startswith("size"):
-        return f"`{format_byte_size(value)}`"
-    return f"`{value}`"
-
-
-def _table(model: type[BaseModel], prefix: str, out: list[str]) -> None:
-    hints = typing.get_type_hints(model, include_extras=True)
-    nested: list[tuple[str, type[BaseModel]]] = []
-    out.append("| Key | Type | Default | Description |\n|---|---|---|---|\n")
-    for name, info in model.model_fields.items():
-        hint = hints[name]
-        key = f"{prefix}{name}"
-        description = (info.description or "").replace("|", "\\|").replace("\n", " ")
-        out.append(f"| `{key}` | {_type_name(hint)} | {_default(info, hint)} | {description} |\n")
-        if isinstance(hint, type) and issubclass(hint, BaseModel):
-            nested.append((key, hint))
-    for key, sub in nested:
-        out.append(f"\n`{key}`:\n\n")
-        _table(sub, f"{key}.", out)
-
-
 def plugin_docs() -> str:
     """The generated part of docs/plugins.md: one section per plugin, in run order."""
     out: list[str] = [
@@ -226,25 +138,10 @@ def plugin_docs() -> str:
     for name, cls in types_.items():
         module_doc = sys.modules[cls.__module__].__doc__ or ""
         first, _, more = module_doc.strip().partition("\n\n")
-        out.append(f"\n### {name}\n\nPriority {cls.priority}. {_first_paragraph(first)}\n")
-        rest = _clean(more + "\n\n" + (cls.__doc__ or ""))
+        out.append(f"\n### {name}\n\nPriority {cls.priority}. {first_paragraph(first)}\n")
+        rest = clean_doc(more + "\n\n" + (cls.__doc__ or ""))
         if rest:
             out.append(f"\n{rest}\n")
         out.append("\n")
-        _table(cls.Options, "", out)
+        options_table(cls.Options, "", out)
     return "".join(out)
-
-
-def _first_paragraph(doc: str) -> str:
-    first = doc.strip().split("\n\n", 1)[0]
-    text = " ".join(line.strip() for line in first.splitlines())
-    head, _, tail = text.partition(": ")
-    text = tail[:1].upper() + tail[1:] if tail and " " not in head else text
-    return text.replace("``", "`")
-
-
-def _clean(doc: str) -> str:
-    paragraphs = [
-        " ".join(line.strip() for line in p.splitlines()) for p in doc.strip().split("\n\n")
-    ]
-    return "\n\n".join(p.replace("``", "`") for p in paragraphs if p)
