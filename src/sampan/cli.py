@@ -96,6 +96,7 @@ def up(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per webhook otherwise
     config = load_or_exit(file)
     if worker is not None:
         index, _, total = worker.partition("/")

@@ -92,9 +92,12 @@ def test_broken_config_is_refused_with_located_errors(tmp_path: Path) -> None:
 
 def test_demo_shows_orders_flowing(tmp_path: Path, start_node: Any) -> None:
     repo = Path(__file__).resolve().parents[2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        gateway_port = s.getsockname()[1]
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    gateway_port, customers_port = ports
     node = start_node(
         repo / "examples" / "demo" / "sampan.yaml",
         "--run-for",
@@ -102,6 +105,7 @@ def test_demo_shows_orders_flowing(tmp_path: Path, start_node: Any) -> None:
         env={
             "SAMPAN_DATA_DIR": str(tmp_path / "demo"),
             "SAMPAN_GATEWAY_PORT": str(gateway_port),
+            "DEMO_CUSTOMERS_PORT": str(customers_port),
             "DEMO_RATE": "300",
         },
     )

@@ -9,6 +9,7 @@ an in-memory bus and store, with retries sped up, until nothing is left in fligh
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,30 +128,33 @@ async def run_case(config: SampanConfig, config_path: Path, case: FlowTestCase) 
     if not flows:
         result.problems.append(f"no flow named {case.flow!r} in {config_path.name}")
         return result
+    for entry in config.node.python_path:  # python steps import from here, as in a node
+        if str(entry) not in sys.path:
+            sys.path.insert(0, str(entry))
     metrics = Metrics()
     bus = open_bus("memory://", metrics=metrics)
     store = open_store("memory://", config_path.parent)
     await bus.start()
     await store.start()
-    caller = FixtureServiceCaller(case.services)
-    recorded: dict[str, list[FlowMessage]] = {}
-    retry = _faster(config.bus.retry)
-    service = FlowService(
-        flows,
-        bus=bus,
-        store=store,
-        metrics=metrics,
-        base_dir=config_path.parent,
-        data_dir=config_path.parent,
-        node="flow-test",
-        default_retry=retry,
-        routes=config.routes,
-        services=caller,
-        lease_seconds=5.0,
-        start_sources=False,
-        replace_sink=lambda kind: RecordingSink(recorded.setdefault(f"sink:{kind}", [])),
-    )
     try:
+        caller = FixtureServiceCaller(case.services)
+        recorded: dict[str, list[FlowMessage]] = {}
+        retry = _faster(config.bus.retry)
+        service = FlowService(
+            flows,
+            bus=bus,
+            store=store,
+            metrics=metrics,
+            base_dir=config_path.parent,
+            data_dir=config_path.parent,
+            node="flow-test",
+            default_retry=retry,
+            routes=config.routes,
+            services=caller,
+            lease_seconds=5.0,
+            start_sources=False,
+            replace_sink=lambda kind: RecordingSink(recorded.setdefault(f"sink:{kind}", [])),
+        )
         for topic in case.expect:
             if ":" not in topic and topic != "dlq":
                 await bus.create_group(topic, TEST_GROUP, start="earliest")

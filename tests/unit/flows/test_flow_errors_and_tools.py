@@ -238,3 +238,26 @@ def test_docs_asyncapi_lists_topics_flows_and_schemas(tmp_path: Path) -> None:
     assert document["components"]["schemas"]["order"]["required"] == ["id"]
     actions = {op["action"] for op in document["operations"].values()}
     assert actions == {"send", "receive"}
+
+
+async def test_python_steps_import_from_the_node_python_path(tmp_path: Path) -> None:
+    module = f"flowsteps_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(
+        "def double(data):\n    return {'n': data['n'] * 2}\n\n"
+        "def tag(message):\n    message.headers['x-tag'] = 'seen'\n"
+    )
+    config = "node: {python_path: ['.']}\n" + flows_config(
+        f"      - transform: {{python: '{module}:double'}}\n"
+        f"      - python: '{module}:tag'\n"
+        "      - to: {topic: out}\n"
+    )
+    result = await run_flow_case(
+        tmp_path,
+        config,
+        {
+            "name": "python",
+            "input": [{"data": {"n": 21}}],
+            "expect": {"out": [{"data": {"n": 42}, "headers": {"x-tag": "seen"}}]},
+        },
+    )
+    assert result.passed, result.problems
