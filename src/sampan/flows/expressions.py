@@ -14,7 +14,7 @@ config error located at its key, not a failure on the first message.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final
 from urllib.parse import quote
 
@@ -26,6 +26,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import AfterValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from sampan.flows.jmespath_compiler import Root, compile_node
 from sampan.flows.message import FlowMessage
 
 _BRACE_RE: Final = re.compile(r"\{([^{}]+)\}")
@@ -116,11 +117,55 @@ def evaluator(text: str) -> Callable[[FlowMessage], Any]:
             return value
 
         return by_path
+    compiled = _on_message(parsed.parsed)
+    if compiled is not None:
+        return compiled
 
     def evaluate(message: FlowMessage) -> Any:
         return search(message.context(), _OPTIONS)
 
     return evaluate
+
+
+def _message_data(message: FlowMessage) -> Any:
+    return message.data
+
+
+def _message_headers(message: FlowMessage) -> Any:
+    return message.headers
+
+
+def _message_key(message: FlowMessage) -> Any:
+    return message.key
+
+
+_ROOTS: Final[dict[str, Callable[[FlowMessage], Any]]] = {
+    "data": _message_data,
+    "headers": _message_headers,
+    "key": _message_key,
+}
+
+
+def _on_message(node: Mapping[str, Any]) -> Callable[[FlowMessage], Any] | None:
+    """The expression compiled to closures (see `sampan.flows.jmespath_compiler`), None when
+    it needs the interpreter. ``data``/``headers``/``key`` at the top are read straight off
+    the message, so ``headers.x`` neither builds the context dict nor decodes the payload."""
+    return compile_node(node, _MESSAGE_ROOT)
+
+
+def _nothing(_message: FlowMessage) -> Any:
+    return None
+
+
+def _root_field(name: str) -> Callable[[FlowMessage], Any]:
+    return _ROOTS.get(name, _nothing)
+
+
+def _context(message: FlowMessage) -> Any:
+    return message.context()
+
+
+_MESSAGE_ROOT: Final = Root(_root_field, _context)
 
 
 def predicate(text: str) -> Callable[[FlowMessage], bool]:
@@ -141,6 +186,9 @@ def is_truthy(value: Any) -> bool:
 def searcher(text: str) -> Callable[[Any], Any]:
     """Evaluate a JMESPath expression against any document (not a message)."""
     parsed = compile_jmespath(text)
+    compiled = compile_node(parsed.parsed)
+    if compiled is not None:
+        return compiled
     return lambda document: parsed.search(document, _OPTIONS)
 
 

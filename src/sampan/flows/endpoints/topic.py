@@ -8,12 +8,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from sampan.bus.base import Bus
+from sampan.bus.base import Bus, OutgoingMessage
 from sampan.config_types import Name, check_name
 from sampan.flows.endpoint import EndpointContext, EndpointKind, Sink
 from sampan.flows.expressions import BraceTemplate, Expression, brace_renderer, evaluator
 from sampan.flows.message import FlowMessage
 from sampan.flows.options import Options
+from sampan.flows.publish_coalescer import PublishCoalescer
 from sampan.flows.steps.headers import header_text
 from sampan.units import Duration
 
@@ -47,10 +48,12 @@ class TopicSinkConfig(Options):
 
 
 class TopicSink(Sink):
-    """Returns once the bus has the message durably (the bus's own publish guarantee)."""
+    """Returns once the bus has the message durably (the bus's own publish guarantee).
+
+    Sends running at the same time share one ``publish_batch`` (see `PublishCoalescer`)."""
 
     def __init__(self, config: TopicSinkConfig, bus: Bus) -> None:
-        self._bus = bus
+        self._publisher = PublishCoalescer(bus)
         self._fixed = config.topic if "{" not in config.topic else None
         self._topic = brace_renderer(config.topic)
         self._key: Callable[[FlowMessage], Any] | None = (
@@ -73,9 +76,12 @@ class TopicSink(Sink):
                 if value is not None:
                     headers[name] = header_text(value)
         deliver_at = time.time() + self._delay if self._delay else None
-        await self._bus.publish(
-            topic, message.body(), key=key, headers=headers, deliver_at=deliver_at
+        await self._publisher.publish(
+            topic, OutgoingMessage(message.body(), key, headers, deliver_at)
         )
+
+    async def stop(self) -> None:
+        await self._publisher.close()
 
 
 def _topic_sink(config: TopicSinkConfig, ctx: EndpointContext) -> Sink:

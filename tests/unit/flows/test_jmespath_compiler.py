@@ -1,0 +1,181 @@
+"""The compiled JMESPath closures give what the jmespath interpreter gives, node for node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jmespath
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sampan.flows.expressions import evaluator, searcher
+from sampan.flows.jmespath_compiler import compile_node
+from sampan.flows.message import _UNDECODED, FlowMessage
+
+OPTIONS = jmespath.Options(dict_cls=dict)
+
+EXPRESSIONS = [
+    "a",
+    "a.b.c",
+    "a.b.c.d",
+    "[a, b]",
+    "{x: a, y: b.c, z: `1`}",
+    "items[*].{sku: sku, qty: qty}",
+    "items[].sku",
+    "items[*].sku",
+    "items[0]",
+    "items[-1].qty",
+    "items[5]",
+    "items[?qty > `1`].sku",
+    "items[?sku == 'A'] | [0]",
+    "nested[]",
+    "nested[][]",
+    "obj.*",
+    "obj.*.v",
+    "a > `10`",
+    "a >= `10`",
+    "a < b",
+    "a <= `2.5`",
+    "a == `0`",
+    "a != `false`",
+    "flag == `true`",
+    "a == b",
+    "a || b",
+    "a && b",
+    "!a",
+    "!flag",
+    "!zero",
+    '`"lit"`',
+    "'raw'",
+    "@",
+    "a.b | c",
+    "{a: a, n: {b: b}}.n.b",
+    "items[*].[sku, qty]",
+]
+
+DOCUMENTS: list[Any] = [
+    None,
+    {},
+    [],
+    "text",
+    0,
+    {"a": 11, "b": {"c": 3}, "flag": True, "zero": 0},
+    {"a": 0, "b": 0, "flag": False, "zero": 0.0},
+    {"a": 1, "b": True},
+    {"a": "", "b": [], "obj": {"k": {"v": 1}, "j": {"w": 2}, "z": {"v": None}}},
+    {"a": "abc", "b": "abd", "items": "not a list"},
+    {
+        "a": {"b": {"c": {"d": "deep"}}},
+        "items": [
+            {"sku": "A", "qty": 2},
+            {"sku": "B", "qty": 1},
+            {"sku": None, "qty": 3},
+            "scalar",
+            [1, 2],
+        ],
+        "nested": [[1, [2, 3]], 4, [], None],
+    },
+    {"a": [1, 2], "b": {"x": 1}, "obj": [1, 2]},
+]
+
+
+@pytest.mark.parametrize("text", EXPRESSIONS)
+def test_compiled_matches_the_interpreter(text: str) -> None:
+    parsed = jmespath.compile(text)
+    compiled = compile_node(parsed.parsed)
+    assert compiled is not None, text
+    for document in DOCUMENTS:
+        try:
+            expected: Any = ("ok", parsed.search(document, OPTIONS))
+        except TypeError:
+            expected = ("raises", None)
+        try:
+            actual: Any = ("ok", compiled(document))
+        except TypeError:
+            actual = ("raises", None)
+        assert actual == expected, (text, document)
+        assert type(actual[1]) is type(expected[1]), (text, document)
+
+
+@pytest.mark.parametrize("text", ["length(a)", "a[1:2]", "sort_by(items, &qty)"])
+def test_what_is_not_compiled_falls_back_to_the_interpreter(text: str) -> None:
+    assert compile_node(jmespath.compile(text).parsed) is None
+    search = searcher(text)
+    assert search({"a": [1, 2, 3], "items": [{"qty": 2}, {"qty": 1}]}) == jmespath.search(
+        text, {"a": [1, 2, 3], "items": [{"qty": 2}, {"qty": 1}]}, OPTIONS
+    )
+
+
+MESSAGE_EXPRESSIONS = [
+    "data",
+    "headers",
+    "key",
+    "other",
+    "data.amount > `10`",
+    'headers."x-tier"',
+    "headers.missing",
+    "key == 'C1'",
+    '{id: data.id, tier: headers."x-tier", k: key}',
+    "data.items[*].sku",
+    "other.thing",
+    "length(headers)",
+    "@",
+    "@.key",
+    "[data.amount, key]",
+    "data.items[?sku == 'A'].sku",
+    "!key",
+    "key || 'none'",
+    "{k: @.key, n: `1`}",
+    "[0]",
+    "*",
+    "data.amount > `10` && headers.\"x-tier\" == 'vip'",
+]
+
+
+@pytest.mark.parametrize("text", MESSAGE_EXPRESSIONS)
+def test_message_evaluator_matches_searching_the_context(text: str) -> None:
+    evaluate = evaluator(text)
+    for data, headers, key in (
+        ({"id": 7, "amount": 12, "items": [{"sku": "A"}, {"sku": "B"}]}, {"x-tier": "vip"}, "C1"),
+        ({"amount": 3, "items": []}, {}, None),
+        ("text payload", {"x-tier": "std"}, "C2"),
+        ([1, 2], {}, ""),
+    ):
+        message = FlowMessage(data, headers=dict(headers), key=key)
+        context = {"data": data, "headers": headers, "key": key}
+        assert evaluate(message) == jmespath.search(text, context, OPTIONS), (text, data)
+
+
+def test_a_header_expression_does_not_decode_the_payload() -> None:
+    message = FlowMessage(raw=b'{"a": 1}', headers={"x-tier": "vip"}, key="k")
+    assert evaluator('headers."x-tier"')(message) == "vip"
+    assert evaluator("key")(message) == "k"
+    assert message._data is _UNDECODED
+    assert evaluator("data.a > `0`")(message) is True
+    assert message._data == {"a": 1}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["", "a", "b"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "b", "c", "items"]), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=json_values, text=st.sampled_from(EXPRESSIONS))
+def test_compiled_matches_on_random_documents(document: Any, text: str) -> None:
+    parsed = jmespath.compile(text)
+    compiled = compile_node(parsed.parsed)
+    assert compiled is not None
+    try:
+        expected: Any = parsed.search(document, OPTIONS)
+    except TypeError:
+        with pytest.raises(TypeError):
+            compiled(document)
+        return
+    assert compiled(document) == expected
