@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 from sampan.bus.base import Bus, Delivery, Handler, StartPosition
@@ -72,7 +73,10 @@ class Consumer:
             "Deliveries after the first (retries, expired leases).",
             **labels,
         )
-        self._ready: asyncio.Queue[Delivery] = asyncio.Queue()
+        # Leased, not yet started; idle workers wait on a future each. (An asyncio.Queue costs
+        # a coroutine and a wake-up bookkeeping per message, measurable at 100k msg/s.)
+        self._ready: deque[Delivery] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
         self._held: dict[int, tuple[Delivery, float]] = {}
         self._to_ack: list[Delivery] = []
         self._ack_wanted = asyncio.Event()
@@ -115,12 +119,11 @@ class Consumer:
             with contextlib.suppress(Exception):
                 unstarted.extend(await self._fetch)
             self._fetch = None
-        while not self._ready.empty():
-            unstarted.append(self._ready.get_nowait())
+        unstarted.extend(self._ready)
+        self._ready.clear()
         for d in unstarted:
             self._held.pop(d.offset, None)
-        for _ in self._workers:
-            self._ready.put_nowait(_STOP)
+        self._hand_out([_STOP] * len(self._workers))
         _, still_running = (
             await asyncio.wait(self._workers, timeout=grace) if self._workers else (set(), set())
         )
@@ -171,17 +174,38 @@ class Consumer:
                 await asyncio.sleep(1.0)
                 continue
             now = time.monotonic()
+            held = self._held
             for d in found:
-                self._held[d.offset] = (d, now)
+                held[d.offset] = (d, now)
                 if d.attempt > 1:
                     self._redelivered.inc()
-                self._ready.put_nowait(d)
+            self._hand_out(found)
 
     # -- handling -----------------------------------------------------------------------------
 
+    def _hand_out(self, deliveries: list[Delivery]) -> None:
+        self._ready.extend(deliveries)
+        idle = self._idle
+        for _ in range(min(len(deliveries), len(idle))):
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _work(self) -> None:
+        ready, idle = self._ready, self._idle
+        loop = asyncio.get_running_loop()
         while True:
-            d = await self._ready.get()
+            if not ready:
+                waiter: asyncio.Future[None] = loop.create_future()
+                idle.append(waiter)
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    with contextlib.suppress(ValueError):
+                        idle.remove(waiter)
+                    raise
+                continue
+            d = ready.popleft()
             if d is _STOP:
                 return
             started = time.perf_counter()
@@ -244,8 +268,10 @@ class Consumer:
                 log.exception("ack of %d messages failed; they will be redelivered", len(batch))
             else:
                 self._acked.inc(len(batch))
+            held = self._held
             for d in batch:
-                self._release_slot(d)
+                held.pop(d.offset, None)
+            self._room.set()
 
     async def _renew_loop(self) -> None:
         lease = self.options.lease_seconds

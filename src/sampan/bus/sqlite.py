@@ -4,6 +4,10 @@ Every call becomes an operation on a queue. The database thread takes everything
 runs it in one transaction, commits (fsync with ``durability: full``), and only then
 resolves the callers' futures — so a publish returns once durable, and a thousand
 concurrent publishes, fetches and acks cost one commit instead of a thousand.
+
+Consuming mostly stays off that thread: the groups this instance owns are served from memory
+on the event loop (``sqlite_owned.py``), and the rows each commit inserted are handed to them
+once committed, so a message published here reaches its consumer without being read back.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +35,19 @@ from sampan.bus.base import (
     Retention,
     StartPosition,
     TopicInfo,
+    check_replay_position,
 )
 from sampan.bus.retry import RetryPolicy
+from sampan.bus.sqlite_owned import OwnedGroups
 from sampan.bus.sqlite_schema import open_connection
 from sampan.bus.sqlite_store import SqliteStore, check_topic_name
-from sampan.bus.wakeups import Wakeups
 from sampan.observe.metrics import Metrics
 
 log = logging.getLogger("sampan.bus.sqlite")
 
 T = TypeVar("T")
 MAX_OPERATIONS_PER_TRANSACTION = 4096
+MAX_MESSAGES_PER_TRANSACTION = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,11 @@ class _Operation:
     retry schedule only causes a redelivery, which at-least-once allows."""
     result: Any = None
     error: BaseException | None = None
+    publish: tuple[str, Sequence[OutgoingMessage]] | None = None
+    """A plain publish, which may be written together with adjacent ones to its topic."""
+    weight: int = 1
+    """Messages the operation writes: a transaction stops taking operations past
+    ``MAX_MESSAGES_PER_TRANSACTION`` so that publishers keep the thread busy (see ``_run``)."""
 
 
 CHECKPOINT_INTERVAL = 0.25
@@ -119,10 +131,15 @@ class SqliteBus(Bus):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store: SqliteStore | None = None
-        self._wakeups = Wakeups()
         self._closed = False
         self._checkpointer: Checkpointer | None = None
         self._synchronous = True
+        self._owned = OwnedGroups(
+            self._call,
+            uuid.uuid4().hex,
+            self.options.poll_interval,
+            self.options.max_in_flight_per_group,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -154,6 +171,7 @@ class SqliteBus(Bus):
     async def close(self) -> None:
         if self._thread is None or self._closed:
             return
+        await self._owned.close()  # hands the groups back while the thread still runs
         self._closed = True
         self._queue.put(None)
         await asyncio.to_thread(self._thread.join)
@@ -163,7 +181,6 @@ class SqliteBus(Bus):
             with contextlib.suppress(sqlite3.Error):  # leave a small WAL behind
                 self._store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._store.conn.close()
-        self._wakeups.wake_all()
 
     # -- the database thread ------------------------------------------------------------------
 
@@ -176,7 +193,14 @@ class SqliteBus(Bus):
                 return
             batch = [first]
             stop = False
-            while len(batch) < MAX_OPERATIONS_PER_TRANSACTION:
+            # Group commit, but bounded: when two large publishes wait, committing them
+            # together would leave this thread idle while both publishers prepare their next
+            # batch; committing them one after the other keeps both sides busy.
+            weight = first.weight
+            while (
+                len(batch) < MAX_OPERATIONS_PER_TRANSACTION
+                and weight < MAX_MESSAGES_PER_TRANSACTION
+            ):
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
@@ -185,9 +209,10 @@ class SqliteBus(Bus):
                     stop = True
                     break
                 batch.append(nxt)
-            self._execute(store, batch)
+                weight += nxt.weight
+            appended = self._execute(store, batch)
             try:
-                self._loop.call_soon_threadsafe(self._settle, batch)
+                self._loop.call_soon_threadsafe(self._settle, batch, appended)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
             if stop:
@@ -202,25 +227,24 @@ class SqliteBus(Bus):
             conn.execute("PRAGMA synchronous=" + ("FULL" if wanted else "NORMAL"))
             self._synchronous = wanted
 
-    def _execute(self, store: SqliteStore, batch: list[_Operation]) -> None:
+    def _execute(self, store: SqliteStore, batch: list[_Operation]) -> list[Any] | None:
+        """Run a batch in one transaction; returns the rows it appended once committed, or
+        None when memory must be reloaded (a transaction failed)."""
         now = time.time()
         conn = store.conn
         self._sync_for(conn, batch)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                try:
-                    op.result = op.run(store, now)
-                except BusError as exc:  # raised before any write: the rest can commit
-                    op.error = exc
+            self._run_batch(store, batch, now)
             conn.execute("COMMIT")
-            return
+            return store.take_appended()
         except Exception as exc:  # storage or a bug in one operation: isolate it, keep serving
             log.warning(
                 "bus transaction of %d operations failed (%s); retrying one by one", len(batch), exc
             )
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+        store.take_appended()
         store.forget_cached_names()
         for op in batch:  # isolate the failing operation; the others still succeed
             op.result, op.error = None, None
@@ -231,13 +255,54 @@ class SqliteBus(Bus):
             except Exception as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                store.take_appended()
                 if not isinstance(exc, BusError):
                     log.error("bus operation failed", exc_info=exc)
                     exc = BusError(f"bus operation failed: {type(exc).__name__}: {exc}")
                 op.error = exc
+        return store.take_appended()
 
-    def _settle(self, batch: list[_Operation]) -> None:
-        touched: set[str] = set()
+    @staticmethod
+    def _run_batch(store: SqliteStore, batch: list[_Operation], now: float) -> None:
+        """Operations raise ``BusError`` before they write, so the others can still commit.
+        Adjacent publishes to one topic are written together (one offset update, a few
+        multi-row inserts): at a steady rate of single publishes, that is most of a batch."""
+        i, n = 0, len(batch)
+        while i < n:
+            op = batch[i]
+            topic = op.publish[0] if op.publish is not None else None
+            j = i + 1
+            while j < n and topic is not None:
+                nxt = batch[j].publish
+                if nxt is None or nxt[0] != topic:
+                    break
+                j += 1
+            if j - i > 1 and topic is not None:
+                group = batch[i:j]
+                try:
+                    results = store.publish_many(
+                        topic, [o.publish[1] for o in group if o.publish], now
+                    )
+                except BusError as exc:
+                    for o in group:
+                        o.error = exc
+                else:
+                    for o, result in zip(group, results, strict=True):
+                        if isinstance(result, BusError):
+                            o.error = result
+                        else:
+                            o.result = result
+                i = j
+                continue
+            try:
+                op.result = op.run(store, now)
+            except BusError as exc:  # raised before any write: the rest can commit
+                op.error = exc
+            i += 1
+
+    def _settle(self, batch: list[_Operation], appended: list[Any] | None) -> None:
+        if appended:
+            self._owned.published(appended)
         for op in batch:
             if op.future.done():
                 continue
@@ -245,21 +310,23 @@ class SqliteBus(Bus):
                 op.future.set_exception(op.error)
             else:
                 op.future.set_result(op.result)
-                touched.update(op.topics_touched)
-        for topic in touched:
-            self._wakeups.wake(topic)
 
-    async def _call(
-        self, run: Callable[[SqliteStore, float], T], *topics: str, must_sync: bool = False
-    ) -> T:
+    def _call(
+        self,
+        run: Callable[[SqliteStore, float], T],
+        *topics: str,
+        must_sync: bool = False,
+        weight: int = 1,
+        publish: tuple[str, Sequence[OutgoingMessage]] | None = None,
+    ) -> asyncio.Future[T]:
         if self._thread is None:
             raise BusError("the bus is not started")
         if self._closed:
             raise BusError("the bus is closed")
         assert self._loop is not None
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Operation(run, future, topics, must_sync))
-        return await future
+        self._queue.put(_Operation(run, future, topics, must_sync, publish=publish, weight=weight))
+        return future
 
     # -- topics -------------------------------------------------------------------------------
 
@@ -269,18 +336,24 @@ class SqliteBus(Bus):
 
     async def delete_topic(self, name: str) -> None:
         await self._call(lambda s, now: s.delete_topic(name))
+        self._owned.forget_topic(name)
 
     async def topics(self) -> list[TopicInfo]:
         return await self._call(lambda s, now: s.topics())
 
     async def enforce_retention(self) -> int:
-        return await self._call(lambda s, now: s.enforce_retention(now))
+        held = self._owned.held_offsets()
+        return await self._call(lambda s, now: s.enforce_retention(now, held))
 
     # -- publish ------------------------------------------------------------------------------
 
     async def publish_batch(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[int]:
         offsets = await self._call(
-            lambda s, now: s.publish(topic, messages, now), topic, must_sync=True
+            lambda s, now: s.publish(topic, messages, now),
+            topic,
+            must_sync=True,
+            weight=len(messages),
+            publish=None if any(m.dedupe_key for m in messages) else (topic, messages),
         )
         self.metrics.target("topic", topic).count(len(offsets))
         return offsets
@@ -302,40 +375,64 @@ class SqliteBus(Bus):
         lease_seconds: float,
         wait_seconds: float = 0.0,
     ) -> list[Delivery]:
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            wakeup = self._wakeups.waiter(topic)
-            found = await self._call(
-                lambda s, now: s.fetch(topic, group, consumer, max_messages, lease_seconds, now)
-            )
-            remaining = deadline - time.monotonic()
-            if found or remaining <= 0 or self._closed:
-                return found
-            # In-process publishes and acks wake us at once; other processes' work, retries
-            # and expired leases are noticed by polling.
-            await self._wakeups.wait(wakeup, min(remaining, self.options.poll_interval))
+        self._check_open()
+        return await self._owned.fetch(
+            topic, group, consumer, max_messages, lease_seconds, wait_seconds
+        )
+
+    def _check_open(self) -> None:
+        if self._thread is None:
+            raise BusError("the bus is not started")
+        if self._closed:
+            raise BusError("the bus is closed")
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            topics = tuple({d.topic for d in deliveries})
-            await self._call(lambda s, now: s.ack(deliveries, now), *topics)
+        if not deliveries:
+            return
+        self._check_open()
+        rest = self._owned.ack(deliveries)
+        if rest:
+            topics = tuple({d.topic for d in rest})
+            removed = await self._call(lambda s, now: s.ack(rest, now), *topics)
+            self._owned.rows_removed(removed)
 
     async def nack(self, delivery: Delivery, error: str, policy: RetryPolicy) -> bool:
-        return await self._call(lambda s, now: s.nack(delivery, error, policy, now), delivery.topic)
+        self._check_open()
+        dead = await self._owned.nack(delivery, error, policy)
+        if dead is not None:
+            return dead
+        nacked = await self._call(
+            lambda s, now: s.nack(delivery, error, policy, now), delivery.topic
+        )
+        if nacked.removed is not None:
+            self._owned.rows_removed([nacked.removed])
+        self._owned.rows_changed([delivery])
+        return nacked.dead
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            topics = tuple({d.topic for d in deliveries})
-            await self._call(lambda s, now: s.release(deliveries, now), *topics)
+        if not deliveries:
+            return
+        self._check_open()
+        rest = await self._owned.release(deliveries)
+        if rest:
+            topics = tuple({d.topic for d in rest})
+            await self._call(lambda s, now: s.release(rest, now), *topics)
+            self._owned.rows_changed(rest)
 
     async def extend(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
-        if deliveries:
-            await self._call(lambda s, now: s.extend(deliveries, lease_seconds, now))
+        if not deliveries:
+            return
+        self._check_open()
+        rest = await self._owned.extend(deliveries, lease_seconds)
+        if rest:
+            await self._call(lambda s, now: s.extend(rest, lease_seconds, now))
+            self._owned.rows_changed(rest)
 
     # -- operations ---------------------------------------------------------------------------
 
     async def groups(self, topic: str) -> list[GroupInfo]:
-        return await self._call(lambda s, now: s.groups(topic))
+        state = await self._call(lambda s, now: s.groups(topic))
+        return self._owned.correct(state.first, state.end, state.groups)
 
     async def replay(
         self,
@@ -345,7 +442,11 @@ class SqliteBus(Bus):
         offset: int | None = None,
         timestamp: float | None = None,
     ) -> int:
-        return await self._call(lambda s, now: s.replay(topic, group, offset, timestamp), topic)
+        check_replay_position(offset, timestamp)
+        below = self._owned.detach(topic, group)
+        return await self._call(
+            lambda s, now: s.replay(topic, group, offset, timestamp, below), topic
+        )
 
     async def dlq_list(self, topic: str, *, limit: int = 100) -> list[DeadLetter]:
         return await self._call(lambda s, now: s.dlq_list(topic, limit))

@@ -1,16 +1,19 @@
 """The embedded bus's on-disk layout.
 
 One table per topic (``m<id>``) keeps offsets dense and makes retention and topic deletion
-cheap. ``inflight`` holds, per group, every message that was read from its topic but not yet
-acked: leased, backing off before a retry, delayed, or waiting behind an earlier message with
-the same key. That one table is what makes leases, retries and key ordering survive a crash.
+cheap. A group's ``next_offset`` is its watermark: everything below it is acked or has a row in
+``inflight``, which holds only what is exceptional — a retry backing off, a delayed message, a
+released or expired lease (and, in files from version 2, every leased message). Ordinary leases
+live in the memory of the process that owns the group (``owner`` until ``owner_until``; see
+``sqlite_window.py``); ``epoch`` changes whenever the group is taken over or moved by a replay,
+so a former owner's late writes are ignored.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # A row whose visible_at is at or beyond this waits for an earlier message with its key.
 WAITING_FOR_KEY = 1.0e18
@@ -36,6 +39,9 @@ CREATE TABLE IF NOT EXISTS groups (
     name TEXT NOT NULL,
     next_offset INTEGER NOT NULL,
     created_at REAL NOT NULL,
+    owner TEXT,
+    owner_until REAL NOT NULL DEFAULT 0,
+    epoch INTEGER NOT NULL DEFAULT 0,
     UNIQUE (topic_id, name)
 );
 CREATE TABLE IF NOT EXISTS inflight (
@@ -102,6 +108,11 @@ def open_connection(path: str, *, durability: str) -> sqlite3.Connection:
     columns = {c[1] for c in conn.execute("PRAGMA table_info(inflight)")}
     if "lease" not in columns:  # version 1 files: leases were told apart by attempt only
         conn.execute("ALTER TABLE inflight ADD COLUMN lease INTEGER NOT NULL DEFAULT 0")
+    group_columns = {c[1] for c in conn.execute("PRAGMA table_info(groups)")}
+    if "owner" not in group_columns:  # version 2 files: every lease had its inflight row
+        conn.execute("ALTER TABLE groups ADD COLUMN owner TEXT")
+        conn.execute("ALTER TABLE groups ADD COLUMN owner_until REAL NOT NULL DEFAULT 0")
+        conn.execute("ALTER TABLE groups ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
     row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
     if row is None:
         conn.execute(

@@ -4,9 +4,12 @@ Every method runs inside a transaction opened by the caller (``SqliteBus`` batch
 into one transaction: group commit). Methods validate before they write so that a rejected
 call leaves nothing behind in the shared transaction.
 
-Invariant kept for key ordering: within a group, of the in-flight rows that share a key only
-the lowest offset may be visible; the others wait with ``visible_at = WAITING_FOR_KEY`` until
-the one before them is acked or dead-lettered.
+The consumer side keeps a group's ordinary leases in memory, in a ``GroupWindow`` of the one
+store that owns the group, and writes ``inflight`` rows only for what is exceptional (see
+``sqlite_window.py``). Key ordering: for one key, rows come before the window's messages; the
+window leases a key's next message only once no row and no earlier message holds the key.
+Rows of files written before version 3 may wait with ``visible_at = WAITING_FOR_KEY`` until the
+row before them is settled.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from types import MappingProxyType
 
 import orjson
@@ -39,11 +43,27 @@ from sampan.bus.base import (
 from sampan.bus.dead_letters import dead_letter_headers, read_dead_letter
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_schema import WAITING_FOR_KEY, create_message_table, message_table
+from sampan.bus.sqlite_tail import Row
 
 # 200 characters like the config allows, plus room for the ".dlq" suffix of its dead letters.
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}(\.dlq)?$")
 EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 RESERVED_HEADER_PREFIX = "sampan-"
+NEVER = float("inf")
+INSERT_CHUNKS = (256, 64, 16, 4, 1)
+"""Rows per multi-row INSERT (8 variables a row, far below SQLite's 32766)."""
+
+InflightRow = tuple[int, int, str | None, float, int, str | None, int]
+"""(group_id, offset, key, visible_at, attempt, last_error, lease) of an ``inflight`` row."""
+
+
+def insert_sql(table: str, rows: int) -> str:
+    values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        f"INSERT INTO {table}"
+        " (offset, key, value, headers, published_at, deliver_at, target_group, size)"
+        f" VALUES {values}"
+    )
 
 
 def check_topic_name(name: str) -> None:
@@ -52,6 +72,13 @@ def check_topic_name(name: str) -> None:
             f"invalid topic name {name!r}: use letters, digits, '.', '_' or '-' "
             "(at most 200, starting with a letter or digit)"
         )
+
+
+def check_headers(messages: Sequence[OutgoingMessage]) -> None:
+    for message in messages:
+        for name in message.headers or ():
+            if name.startswith(RESERVED_HEADER_PREFIX):
+                raise BusError(f"header {name!r}: the 'sampan-' prefix is reserved")
 
 
 def encode_headers(headers: Mapping[str, str] | None) -> bytes | None:
@@ -63,6 +90,57 @@ def decode_headers(raw: bytes | None) -> Mapping[str, str]:
         return EMPTY_HEADERS
     decoded: dict[str, str] = orjson.loads(raw)
     return decoded
+
+
+@dataclass(frozen=True, slots=True)
+class GroupState:
+    """What an owner loads when it takes a group: its watermark and its rows."""
+
+    position: int
+    row_keys: dict[str, int]
+    rows: int
+    rows_due_at: float
+    skip: set[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    group_id: int
+    topic_id: int
+    epoch: int
+    owner_until: float
+    state: GroupState | None
+    """None when the claim only renewed a group whose state the owner already holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    rows: list[Row]
+    owner: str | None
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class RowsFetched:
+    deliveries: list[Delivery]
+    vanished: list[str | None]
+    """Keys of rows whose message was gone (the rows were deleted)."""
+    next_due: float
+
+
+@dataclass(frozen=True, slots=True)
+class Nacked:
+    dead: bool
+    removed: tuple[int, str | None] | None
+    """``(group_id, key)`` of the row removed by dead-lettering."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupsState:
+    first: int
+    end: int
+    groups: list[tuple[int, int, GroupInfo]]
+    """``(group_id, epoch, info as the file sees it)``, by name."""
 
 
 @dataclass(slots=True)
@@ -95,8 +173,16 @@ class SqliteStore:
         self.max_in_flight_per_group = max_in_flight_per_group
         self._topics: dict[str, TopicRow] = {}
         self._groups: dict[tuple[str, str], GroupRow] = {}
+        self._insert_sqls: dict[tuple[str, int], str] = {}
+        self.appended: list[tuple[str, list[Row], int]] = []
+        """Rows this store inserted since the bus last took them (``take_appended``): after
+        the commit they are handed to this process's consumers from memory."""
 
     # -- lookups ------------------------------------------------------------------------------
+
+    def take_appended(self) -> list[tuple[str, list[Row], int]]:
+        taken, self.appended = self.appended, []
+        return taken
 
     def forget_cached_names(self) -> None:
         """Another process may have deleted or recreated topics; look names up again."""
@@ -205,14 +291,33 @@ class SqliteStore:
         if not messages:
             return []
         if not internal:
-            for message in messages:
-                for name in message.headers or ():
-                    if name.startswith(RESERVED_HEADER_PREFIX):
-                        raise BusError(f"header {name!r}: the 'sampan-' prefix is reserved")
+            check_headers(messages)
         row = self.topic(topic)
         if any(m.dedupe_key is not None for m in messages):
             return self._publish_deduplicated(row, messages, now, target_group)
         return self._append(row, messages, now, target_group)
+
+    def publish_many(
+        self, topic: str, batches: Sequence[Sequence[OutgoingMessage]], now: float
+    ) -> list[list[int] | BusError]:
+        """Several callers' publishes (no dedupe keys) to one topic, written together; each
+        batch stays atomic: an invalid one fails alone, before anything is written."""
+        results: list[list[int] | BusError] = []
+        valid: list[OutgoingMessage] = []
+        for messages in batches:
+            try:
+                check_headers(messages)
+            except BusError as exc:
+                results.append(exc)
+                continue
+            results.append([])
+            valid.extend(messages)
+        if valid:
+            offsets = iter(self._append(self.topic(topic), valid, now, None))
+            for i, messages in enumerate(batches):
+                if not isinstance(results[i], BusError):
+                    results[i] = [next(offsets) for _ in messages]
+        return results
 
     def _publish_deduplicated(
         self,
@@ -268,25 +373,39 @@ class SqliteStore:
             (count, count, size, row.id),
         ).fetchone()[0]
         first = end - count
-        self.conn.executemany(
-            f"INSERT INTO {message_table(row.id)}"
-            " (offset, key, value, headers, published_at, deliver_at, target_group, size)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    first + i,
-                    m.key,
-                    m.value,
-                    encode_headers(m.headers),
-                    now,
-                    m.deliver_at,
-                    target_group,
-                    len(m.value),
-                )
-                for i, m in enumerate(messages)
-            ],
-        )
+        rows: list[Row] = [
+            (
+                first + i,
+                m.key,
+                m.value,
+                encode_headers(m.headers) if m.headers else None,
+                now,
+                m.deliver_at,
+                target_group,
+                len(m.value),
+            )
+            for i, m in enumerate(messages)
+        ]
+        self._insert(message_table(row.id), rows)
+        self.appended.append((row.name, rows, size))
         return list(range(first, end))
+
+    def _insert(self, table: str, rows: list[Row]) -> None:
+        """Insert in multi-row statements of a few fixed sizes (prepared once, cached by the
+        sqlite3 module): one step per chunk instead of one per row, so the database thread
+        gives up and takes back the GIL a few times per batch rather than once per message
+        (each take-back can wait for the event loop's thread to yield it)."""
+        done = 0
+        left = len(rows)
+        for size in INSERT_CHUNKS:
+            while left >= size:
+                chunk = rows[done : done + size]
+                sql = self._insert_sqls.get((table, size))
+                if sql is None:
+                    sql = self._insert_sqls[table, size] = insert_sql(table, size)
+                self.conn.execute(sql, list(chain.from_iterable(chunk)))
+                done += size
+                left -= size
 
     # -- groups -------------------------------------------------------------------------------
 
@@ -308,7 +427,9 @@ class SqliteStore:
             (row.id, group, position, now),
         )
 
-    def groups(self, topic: str) -> list[GroupInfo]:
+    def groups(self, topic: str) -> GroupsState:
+        """Every group of the topic as the file sees it; the owner of a group corrects its
+        own groups from memory (``OwnedGroups.correct``)."""
         row = self.topic(topic, create=False)
         (next_offset,) = self.conn.execute(
             "SELECT next_offset FROM topics WHERE id = ?", (row.id,)
@@ -316,19 +437,121 @@ class SqliteStore:
         first = self.conn.execute(f"SELECT min(offset) FROM {message_table(row.id)}").fetchone()[0]
         first = next_offset if first is None else first
         result = []
-        for group_id, name, position in self.conn.execute(
-            "SELECT id, name, next_offset FROM groups WHERE topic_id = ? ORDER BY name", (row.id,)
+        for group_id, name, position, epoch in self.conn.execute(
+            "SELECT id, name, next_offset, epoch FROM groups WHERE topic_id = ? ORDER BY name",
+            (row.id,),
         ).fetchall():
             in_flight = self.conn.execute(
                 "SELECT count(*) FROM inflight WHERE group_id = ?", (group_id,)
             ).fetchone()[0]
             unread = max(0, next_offset - max(position, first))
-            result.append(GroupInfo(topic, name, unread + in_flight, in_flight, position))
-        return result
+            info = GroupInfo(topic, name, unread + in_flight, in_flight, position)
+            result.append((group_id, epoch, info))
+        return GroupsState(first, next_offset, result)
 
-    # -- fetch --------------------------------------------------------------------------------
+    # -- ownership ----------------------------------------------------------------------------
 
-    def fetch(
+    def claim(
+        self,
+        topic: str,
+        group: str,
+        owner: str,
+        known_epoch: int | None,
+        now: float,
+        lease_seconds: float,
+    ) -> Claim | None:
+        """Own the group (or keep owning it) until ``now + 2 * lease_seconds``; None while
+        another live owner holds it. One process at a time consumes a group; a dead owner's
+        claim ends with its last lease. ``state`` is None when ``known_epoch`` is current."""
+        g = self.group(topic, group)
+        found = self.conn.execute(
+            "SELECT next_offset, owner, owner_until, epoch FROM groups WHERE id = ?", (g.id,)
+        ).fetchone()
+        if found is None:
+            self.forget_cached_names()
+            raise GroupNotFound(f"group {group!r} does not exist on topic {topic!r}")
+        position, current, owner_until, epoch = found
+        until = now + 2 * lease_seconds
+        if current == owner:
+            self.conn.execute(
+                "UPDATE groups SET owner_until = ? WHERE id = ? AND epoch = ?",
+                (max(until, owner_until), g.id, epoch),
+            )
+            if epoch == known_epoch:
+                return Claim(g.id, g.topic.id, epoch, max(until, owner_until), None)
+        else:
+            if current is not None and owner_until > now:
+                return None
+            epoch += 1
+            taken = self.conn.execute(
+                "UPDATE groups SET owner = ?, owner_until = ?, epoch = ?"
+                " WHERE id = ? AND epoch = ?",
+                (owner, until, epoch, g.id, epoch - 1),
+            ).rowcount
+            if not taken:
+                return None
+        return Claim(g.id, g.topic.id, epoch, until, self._group_state(g.id, position))
+
+    def _group_state(self, group_id: int, position: int) -> GroupState:
+        row_keys = dict(
+            self.conn.execute(
+                "SELECT key, count(*) FROM inflight WHERE group_id = ? AND key IS NOT NULL"
+                " GROUP BY key",
+                (group_id,),
+            ).fetchall()
+        )
+        rows, due = self.conn.execute(
+            "SELECT count(*), min(visible_at) FROM inflight WHERE group_id = ?", (group_id,)
+        ).fetchone()
+        skip = {
+            o
+            for (o,) in self.conn.execute(
+                "SELECT offset FROM inflight WHERE group_id = ? AND offset >= ?",
+                (group_id, position),
+            )
+        }
+        return GroupState(position, row_keys, rows, NEVER if due is None else due, skip)
+
+    def save_watermarks(self, owner: str, marks: Sequence[tuple[int, int, int]]) -> None:
+        """Persist owned groups' watermarks ``(group_id, epoch, base)``; a group taken over
+        or replayed meanwhile (another epoch) is left alone."""
+        self.conn.executemany(
+            "UPDATE groups SET next_offset = ? WHERE id = ? AND owner = ? AND epoch = ?",
+            [(base, group_id, owner, epoch) for group_id, epoch, base in marks],
+        )
+
+    def release_groups(self, owner: str, marks: Sequence[tuple[int, int, int]]) -> None:
+        """Hand every owned group back (on close): another process may consume at once; what
+        this one still leased is delivered again from the watermark."""
+        self.save_watermarks(owner, marks)
+        self.conn.execute(
+            "UPDATE groups SET owner = NULL, owner_until = 0 WHERE owner = ?", (owner,)
+        )
+
+    def reserve_leases(self, count: int) -> range:
+        """Fresh lease ids, unique for the life of the file (across replays and processes)."""
+        end: int = self.conn.execute(
+            "UPDATE counters SET value = value + ? WHERE name = 'lease' RETURNING value", (count,)
+        ).fetchone()[0]
+        return range(end - count + 1, end + 1)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read(self, topic_id: int, group_id: int, start: int, limit: int) -> ReadResult:
+        """Messages from ``start`` on (other processes' publishes, catch-up), with the
+        group's owner and epoch so the reader notices a takeover or a replay."""
+        rows: list[Row] = self.conn.execute(
+            "SELECT offset, key, value, headers, published_at, deliver_at, target_group, size"
+            f" FROM {message_table(topic_id)} WHERE offset >= ? ORDER BY offset LIMIT ?",
+            (start, limit),
+        ).fetchall()
+        found = self.conn.execute(
+            "SELECT owner, epoch FROM groups WHERE id = ?", (group_id,)
+        ).fetchone()
+        owner, epoch = (None, -1) if found is None else found
+        return ReadResult(rows, owner, epoch)
+
+    def fetch_rows(
         self,
         topic: str,
         group: str,
@@ -336,32 +559,31 @@ class SqliteStore:
         max_messages: int,
         lease_seconds: float,
         now: float,
-    ) -> list[Delivery]:
+    ) -> RowsFetched:
+        """Lease the group's rows that are due: retries, expired or released leases, delayed
+        messages whose time has come, and rows whose predecessor of the same key was settled
+        (files from before version 3, replays)."""
         g = self.group(topic, group)
-        table = message_table(g.topic.id)
         lease_until = now + lease_seconds
         conn = self.conn
-
-        # 1. Messages already in flight that are due: retries, expired leases, released,
-        #    delayed ones whose time has come, and ones whose predecessor was just acked.
         due = conn.execute(
             "SELECT offset, attempt, key FROM inflight WHERE group_id = ? AND visible_at <= ?"
             " ORDER BY visible_at LIMIT ?",
             (g.id, now, max_messages),
         ).fetchall()
         deliveries: list[Delivery] = []
+        vanished: list[str | None] = []
         if due:
-            leases = dict(zip((row[0] for row in due), self._lease_ids(len(due)), strict=True))
+            leases = dict(zip((row[0] for row in due), self.reserve_leases(len(due)), strict=True))
             conn.executemany(
                 "UPDATE inflight SET visible_at = ?, attempt = attempt + 1, consumer = ?,"
                 " lease = ? WHERE group_id = ? AND offset = ?",
                 [(lease_until, consumer, leases[offset], g.id, offset) for offset, _, _ in due],
             )
             attempts = {offset: attempt + 1 for offset, attempt, _ in due}
-            due_keys = [(offset, key) for offset, _, key in due]
             placeholders = ",".join("?" * len(due))
             found = conn.execute(
-                f"SELECT offset, key, value, headers, published_at FROM {table}"
+                f"SELECT offset, key, value, headers, published_at FROM {message_table(g.topic.id)}"
                 f" WHERE offset IN ({placeholders}) ORDER BY offset",
                 list(attempts),
             ).fetchall()
@@ -384,91 +606,30 @@ class SqliteStore:
                     "DELETE FROM inflight WHERE group_id = ? AND offset = ?",
                     [(g.id, offset) for offset in attempts],
                 )
-                orphaned = [key for offset, key in due_keys if offset in attempts and key]
-                if orphaned:  # whatever waited behind them may go now
-                    self._next_in_line(g.id, orphaned, now)
+                vanished = [key for offset, _, key in due if offset in attempts]
+                keyed = [key for key in vanished if key is not None]
+                if keyed and self._has_waiting(g.id):  # whatever waited behind them may go now
+                    self._next_in_line(g.id, keyed, now)
+        (next_due,) = conn.execute(
+            "SELECT min(visible_at) FROM inflight WHERE group_id = ?", (g.id,)
+        ).fetchone()
+        return RowsFetched(deliveries, vanished, NEVER if next_due is None else next_due)
 
-        room = max_messages - len(deliveries)
-        if room <= 0:
-            return deliveries
-        in_flight = conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM inflight WHERE group_id = ? LIMIT ?)",
-            (g.id, self.max_in_flight_per_group),
-        ).fetchone()[0]
-        room = min(room, self.max_in_flight_per_group - in_flight)
-        if room <= 0:
-            return deliveries
-
-        # 2. Read new messages past the group's position and take them in flight.
-        position = conn.execute("SELECT next_offset FROM groups WHERE id = ?", (g.id,)).fetchone()[
-            0
-        ]
-        fresh = conn.execute(
-            f"SELECT offset, key, value, headers, published_at, deliver_at, target_group"
-            f" FROM {table} WHERE offset >= ? ORDER BY offset LIMIT ?",
-            (position, room),
-        ).fetchall()
-        if not fresh:
-            return deliveries
-        conn.execute("UPDATE groups SET next_offset = ? WHERE id = ?", (fresh[-1][0] + 1, g.id))
-        keys = {row[1] for row in fresh if row[1] is not None and not (row[5] and row[5] > now)}
-        busy_keys: set[str] = set()
-        if keys:
-            busy_keys = {
-                k
-                for (k,) in conn.execute(
-                    "SELECT DISTINCT key FROM inflight WHERE group_id = ?"
-                    " AND key IN (SELECT value FROM json_each(?))",
-                    (g.id, orjson.dumps(list(keys))),
-                )
-            }
-        rows: list[tuple[int, int, str | None, float, int, str | None, int]] = []
-        lease_ids = iter(self._lease_ids(len(fresh)))
-        for offset, key, value, headers, published_at, deliver_at, target in fresh:
-            if target is not None and target != g.id:
-                continue  # re-driven for another group
-            if deliver_at is not None and deliver_at > now:
-                # Delayed messages are ordered by their due time, so they hold back no key.
-                rows.append((g.id, offset, None, deliver_at, 0, None, 0))
-                continue
-            if key is not None:
-                if key in busy_keys:
-                    rows.append((g.id, offset, key, WAITING_FOR_KEY, 0, None, 0))
-                    continue
-                busy_keys.add(key)
-            lease = next(lease_ids)
-            rows.append((g.id, offset, key, lease_until, 1, consumer, lease))
-            deliveries.append(
-                Delivery(
-                    topic,
-                    group,
-                    offset,
-                    key,
-                    value,
-                    decode_headers(headers),
-                    published_at,
-                    1,
-                    lease,
-                )
-            )
-        conn.executemany(
-            "INSERT INTO inflight (group_id, offset, key, visible_at, attempt, consumer, lease)"
+    def write_rows(self, rows: Sequence[InflightRow]) -> None:
+        """Rows for what became exceptional in an owner's window (retry, release, expiry,
+        delayed message): ``(group_id, offset, key, visible_at, attempt, last_error, lease)``."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO inflight"
+            " (group_id, offset, key, visible_at, attempt, last_error, lease)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
-        return deliveries
 
-    def _lease_ids(self, count: int) -> range:
-        """Fresh lease ids, unique for the life of the file (across replays and processes)."""
-        end: int = self.conn.execute(
-            "UPDATE counters SET value = value + ? WHERE name = 'lease' RETURNING value", (count,)
-        ).fetchone()[0]
-        return range(end - count + 1, end + 1)
-
-    # -- settling -----------------------------------------------------------------------------
+    # -- settling rows ------------------------------------------------------------------------
 
     def _next_in_line(self, group_id: int, keys: Sequence[str], now: float) -> None:
-        """Let the next message of each key go, now that the one before it is settled."""
+        """Let the next row of each key go, now that the one before it is settled (rows wait
+        for their key only in files from before version 3, or after a replay)."""
         self.conn.executemany(
             "UPDATE inflight SET visible_at = ? WHERE group_id = ? AND visible_at >= ?"
             " AND offset = (SELECT min(offset) FROM inflight"
@@ -477,7 +638,7 @@ class SqliteStore:
         )
 
     def _has_waiting(self, group_id: int) -> bool:
-        """One index probe that usually spares a per-key update for every ack."""
+        """One index probe that usually spares a per-key update."""
         return (
             self.conn.execute(
                 "SELECT 1 FROM inflight WHERE group_id = ? AND visible_at >= ? LIMIT 1",
@@ -486,26 +647,37 @@ class SqliteStore:
             is not None
         )
 
-    def ack(self, deliveries: Sequence[Delivery], now: float) -> None:
+    def _delete_row(self, g: GroupRow, d: Delivery) -> bool:
+        """Settle a delivery that came from a row; False when its lease is stale."""
+        found = self.conn.execute(
+            "DELETE FROM inflight WHERE group_id = ? AND offset = ? AND lease = ? RETURNING key",
+            (g.id, d.offset, d.lease),
+        ).fetchone()
+        return found is not None
+
+    def ack(self, deliveries: Sequence[Delivery], now: float) -> list[tuple[int, str | None]]:
+        """Settle deliveries that came from rows; returns ``(group_id, key)`` of each row
+        removed (the owner's window frees those keys)."""
         by_group: dict[tuple[str, str], list[Delivery]] = {}
         for d in deliveries:
             by_group.setdefault((d.topic, d.group), []).append(d)
+        removed: list[tuple[int, str | None]] = []
         for (topic, group), items in by_group.items():
             try:
                 g = self.group(topic, group)
             except (GroupNotFound, TopicNotFound):
                 continue  # deleted meanwhile: nothing left to settle
-            # Match the attempt, like nack/release/extend: a delivery from before a replay (or
+            # Match the lease, like nack/release/extend: a delivery from before a replay (or
             # an expired lease) must not settle the row that replaced it.
-            self.conn.executemany(
-                "DELETE FROM inflight WHERE group_id = ? AND offset = ? AND lease = ?",
-                [(g.id, d.offset, d.lease) for d in items],
-            )
-            keys = [d.key for d in items if d.key is not None]
+            gone = [d for d in items if self._delete_row(g, d)]
+            removed.extend((g.id, d.key) for d in gone)
+            keys = [d.key for d in gone if d.key is not None]
             if keys and self._has_waiting(g.id):
                 self._next_in_line(g.id, keys, now)
+        return removed
 
-    def nack(self, d: Delivery, error: str, policy: RetryPolicy, now: float) -> bool:
+    def nack(self, d: Delivery, error: str, policy: RetryPolicy, now: float) -> Nacked:
+        """Nack a delivery that came from a row (``dead_letter`` serves window leases)."""
         g = self.group(d.topic, d.group)
         if not policy.exhausted(d.attempt):
             self.conn.execute(
@@ -513,23 +685,24 @@ class SqliteStore:
                 " WHERE group_id = ? AND offset = ? AND lease = ?",
                 (now + policy.backoff(d.attempt), error, g.id, d.offset, d.lease),
             )
-            return False
+            return Nacked(False, None)
         # Create the dead-letter topic before any write (even with auto_create_topics off):
         # failing after the DELETE below would commit the loss of the message.
         self.topic(dlq_topic(d.topic), create=True)
-        gone = self.conn.execute(
-            "DELETE FROM inflight WHERE group_id = ? AND offset = ? AND lease = ?",
-            (g.id, d.offset, d.lease),
-        ).rowcount
-        if not gone:
-            return False  # the lease had already passed to another consumer
+        if not self._delete_row(g, d):
+            return Nacked(False, None)  # the lease had already passed to another consumer
+        self.dead_letter(d, error, now)
+        if d.key is not None and self._has_waiting(g.id):
+            self._next_in_line(g.id, [d.key], now)
+        return Nacked(True, (g.id, d.key))
+
+    def dead_letter(self, d: Delivery, error: str, now: float) -> None:
+        """Publish ``d`` to its dead-letter topic, created even with auto_create_topics off."""
+        self.topic(dlq_topic(d.topic), create=True)
         headers = dead_letter_headers(d, error, now)
         self.publish(
             dlq_topic(d.topic), [OutgoingMessage(d.value, d.key, headers)], now, internal=True
         )
-        if d.key is not None:
-            self._next_in_line(g.id, [d.key], now)
-        return True
 
     def release(self, deliveries: Sequence[Delivery], now: float) -> None:
         for d in deliveries:
@@ -557,7 +730,16 @@ class SqliteStore:
 
     # -- replay and dead letters --------------------------------------------------------------
 
-    def replay(self, topic: str, group: str, offset: int | None, timestamp: float | None) -> int:
+    def replay(
+        self,
+        topic: str,
+        group: str,
+        offset: int | None,
+        timestamp: float | None,
+        held: Callable[[int], Sequence[InflightRow]] | None = None,
+    ) -> int:
+        """``held(target)`` gives the rows for what the owner's window holds below the new
+        position: it stays in flight, as if never held in memory."""
         check_replay_position(offset, timestamp)
         g = self.group(topic, group)
         table = message_table(g.topic.id)
@@ -574,8 +756,12 @@ class SqliteStore:
         else:
             assert offset is not None
             target = min(offset, end)
+        if held is not None:
+            self.write_rows(held(target))
         self.conn.execute("DELETE FROM inflight WHERE group_id = ? AND offset >= ?", (g.id, target))
-        self.conn.execute("UPDATE groups SET next_offset = ? WHERE id = ?", (target, g.id))
+        self.conn.execute(
+            "UPDATE groups SET next_offset = ?, epoch = epoch + 1 WHERE id = ?", (target, g.id)
+        )
         return int(target)
 
     def dlq_list(self, topic: str, limit: int) -> list[DeadLetter]:
@@ -636,11 +822,13 @@ class SqliteStore:
 
     # -- retention ----------------------------------------------------------------------------
 
-    def enforce_retention(self, now: float) -> int:
+    def enforce_retention(self, now: float, held: Mapping[str, Sequence[int]]) -> int:
+        """``held``: offsets the owners' windows hold per topic (leased, waiting for a key);
+        they stay, like the offsets of rows."""
         self.conn.execute("DELETE FROM dedupe WHERE expires_at <= ?", (now,))
         removed = 0
-        for topic_id, max_age, max_bytes, size in self.conn.execute(
-            "SELECT id, max_age, max_bytes, bytes FROM topics"
+        for topic_id, name, max_age, max_bytes, size in self.conn.execute(
+            "SELECT id, name, max_age, max_bytes, bytes FROM topics"
             " WHERE max_age IS NOT NULL OR max_bytes IS NOT NULL"
         ).fetchall():
             table = message_table(topic_id)
@@ -668,16 +856,19 @@ class SqliteStore:
                         break
             if not cutoff:
                 continue
+            # Rows and this process's windows (leased, waiting for their key) stay.
+            held_here = orjson.dumps(list(held.get(name, ())))
             protected = (
                 f"offset < ? AND offset NOT IN (SELECT offset FROM inflight WHERE group_id IN"
                 f" (SELECT id FROM groups WHERE topic_id = {int(topic_id)}))"
+                " AND offset NOT IN (SELECT value FROM json_each(?))"
             )
             count, freed_bytes = self.conn.execute(
                 f"SELECT count(*), coalesce(sum(size), 0) FROM {table} WHERE {protected}",
-                (cutoff,),
+                (cutoff, held_here),
             ).fetchone()
             if count:
-                self.conn.execute(f"DELETE FROM {table} WHERE {protected}", (cutoff,))
+                self.conn.execute(f"DELETE FROM {table} WHERE {protected}", (cutoff, held_here))
                 self.conn.execute(
                     "UPDATE topics SET messages = messages - ?, bytes = bytes - ? WHERE id = ?",
                     (count, freed_bytes, topic_id),

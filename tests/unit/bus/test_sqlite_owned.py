@@ -1,0 +1,149 @@
+"""Group ownership, watermarks and the tail cache of the embedded bus (``sqlite_owned.py``).
+
+One bus instance (one process) consumes a group at a time; others publish freely and take
+the group over once its owner closed or its claim ran out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from sampan.bus.base import OutgoingMessage
+from sampan.bus.sqlite import SqliteBus
+from sampan.bus.sqlite_schema import SCHEMA_VERSION, open_connection
+from sampan.bus.sqlite_tail import Row, TailCache
+
+
+@pytest.fixture
+async def open_bus(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[SqliteBus]]]:
+    opened: list[SqliteBus] = []
+
+    async def open_() -> SqliteBus:
+        bus = SqliteBus(f"sqlite:///{tmp_path / 'bus.db'}")
+        await bus.start()
+        opened.append(bus)
+        return bus
+
+    yield open_
+    for bus in opened:
+        await bus.close()
+
+
+async def test_one_instance_consumes_a_group_until_it_closes(
+    open_bus: Callable[[], Awaitable[SqliteBus]],
+) -> None:
+    first, second = await open_bus(), await open_bus()
+    await first.create_group("t", "g")
+    await second.publish_batch("t", [OutgoingMessage(b"%d" % i) for i in range(4)])
+    got = await first.fetch("t", "g", consumer="a", max_messages=2, lease_seconds=10)
+    assert [d.offset for d in got] == [0, 1]
+    await first.ack(got[:1])
+    assert await second.fetch("t", "g", consumer="b", max_messages=10, lease_seconds=10) == []
+    await first.close()  # hands the group back: the unacked lease is delivered again
+    got = await second.fetch("t", "g", consumer="b", max_messages=10, lease_seconds=10)
+    assert [d.offset for d in got] == [1, 2, 3]
+
+
+async def test_a_dead_owner_is_taken_over_when_its_claim_ends(
+    open_bus: Callable[[], Awaitable[SqliteBus]],
+) -> None:
+    """An owner that stops renewing (a killed process) loses the group after its leases."""
+    first, second = await open_bus(), await open_bus()
+    await first.create_group("t", "g")
+    await first.publish_batch("t", [OutgoingMessage(b"x", key="k")])
+    [d] = await first.fetch("t", "g", consumer="a", max_messages=5, lease_seconds=0.1)
+    assert await second.fetch("t", "g", consumer="b", max_messages=5, lease_seconds=10) == []
+    await asyncio.sleep(0.3)  # 2 x the lease: the claim is over
+    [again] = await second.fetch("t", "g", consumer="b", max_messages=5, lease_seconds=10)
+    assert (again.offset, again.value) == (d.offset, b"x")
+    await first.ack([d])  # the former owner's late ack settles nothing
+    assert await second.lag("t", "g") == 1
+    await second.ack([again])
+    assert await second.lag("t", "g") == 0
+
+
+async def test_acks_persist_the_watermark(
+    open_bus: Callable[[], Awaitable[SqliteBus]], tmp_path: Path
+) -> None:
+    bus = await open_bus()
+    await bus.create_group("t", "g")
+    await bus.publish_batch("t", [OutgoingMessage(b"x") for _ in range(10)])
+    got = await bus.fetch("t", "g", consumer="a", max_messages=10, lease_seconds=10)
+    await bus.ack(got[:7])
+    for _ in range(100):  # written in the background
+        conn = sqlite3.connect(tmp_path / "bus.db")
+        (position,) = conn.execute("SELECT next_offset FROM groups").fetchone()
+        conn.close()
+        if position == 7:
+            break
+        await asyncio.sleep(0.01)
+    assert position == 7
+
+
+async def test_messages_of_other_processes_fill_the_gaps(
+    open_bus: Callable[[], Awaitable[SqliteBus]],
+) -> None:
+    """Offsets written by another instance between this one's are read from the file."""
+    mine, other = await open_bus(), await open_bus()
+    await mine.create_group("t", "g")
+    await mine.publish_batch("t", [OutgoingMessage(b"m0")])
+    await other.publish_batch("t", [OutgoingMessage(b"o1"), OutgoingMessage(b"o2")])
+    await mine.publish_batch("t", [OutgoingMessage(b"m3")])
+    seen: list[bytes] = []
+    for _ in range(10):
+        got = await mine.fetch("t", "g", consumer="a", max_messages=10, lease_seconds=10)
+        seen += [d.value for d in got]
+        await mine.ack(got)
+        if len(seen) == 4:
+            break
+    assert seen == [b"m0", b"o1", b"o2", b"m3"]
+
+
+def test_version_2_files_are_migrated(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.db")
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '2');"
+        "CREATE TABLE groups (id INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL,"
+        " name TEXT NOT NULL, next_offset INTEGER NOT NULL, created_at REAL NOT NULL,"
+        " UNIQUE (topic_id, name));"
+        "INSERT INTO groups VALUES (1, 1, 'g', 5, 0);"
+    )
+    conn.close()
+    migrated = open_connection(path, durability="normal")
+    row = migrated.execute("SELECT next_offset, owner, owner_until, epoch FROM groups").fetchone()
+    version = migrated.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+    migrated.close()
+    assert row == (5, None, 0, 0)
+    assert int(version[0]) == SCHEMA_VERSION == 3
+
+
+def rows(first: int, count: int) -> list[Row]:
+    return [(o, None, b"v", None, 0.0, None, None, 1) for o in range(first, first + count)]
+
+
+def test_tail_cache_reads_across_chunks_and_stops_at_gaps() -> None:
+    tail = TailCache()
+    tail.add(rows(0, 3), 3)
+    tail.add(rows(3, 2), 2)
+    tail.add(rows(8, 2), 2)  # 5..7 were another process's
+    assert [r[0] for r in tail.read(1, 10)] == [1, 2, 3, 4]
+    assert [r[0] for r in tail.read(1, 2)] == [1, 2]
+    assert tail.read(5, 10) == []
+    assert [r[0] for r in tail.read(8, 10)] == [8, 9]
+    assert tail.last == 9
+
+
+def test_tail_cache_drops_the_oldest_past_its_bound() -> None:
+    tail = TailCache(max_rows=4)
+    tail.add(rows(0, 3), 3)
+    tail.add(rows(3, 3), 3)
+    assert tail.read(0, 10) == []
+    assert [r[0] for r in tail.read(3, 10)] == [3, 4, 5]
+    assert len(tail) == 3
