@@ -41,6 +41,8 @@ log = logging.getLogger("sampan.bus.sqlite")
 T = TypeVar("T")
 LEASE_BLOCK = 65_536
 """Lease ids reserved from the file at a time."""
+FLUSH_INTERVAL = 0.01
+"""Seconds between watermark writes while acks keep coming."""
 
 
 class Caller(Protocol):
@@ -433,13 +435,19 @@ class OwnedGroups:
     # -- the watermark ------------------------------------------------------------------------
 
     def flush_soon(self) -> None:
-        """Persist moved watermarks in the background, one write in flight at a time."""
+        """Persist moved watermarks in the background: at most one write every
+        ``FLUSH_INTERVAL`` (each is a transaction publishes would queue behind; a crash
+        meanwhile only redelivers a little more)."""
         if self._flushing or self.closed:
             return
-        marks = self._marks()
-        if not marks:
-            return
         self._flushing = True
+        asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._start_flush)
+
+    def _start_flush(self) -> None:
+        marks = self._marks()
+        if not marks or self.closed:
+            self._flushing = False
+            return
         self._flush_task = asyncio.ensure_future(self._flush(marks))
 
     def _marks(self) -> list[tuple[int, int, int]]:
