@@ -67,6 +67,7 @@ class OwnedGroups:
         self._lease_end = 0
         self._flushing = False
         self._flush_task: asyncio.Future[None] | None = None
+        self._polls: set[asyncio.Future[None]] = set()
         self.wakeups = Wakeups()
         self.closed = False
 
@@ -112,7 +113,9 @@ class OwnedGroups:
         while True:
             wakeup = self.wakeups.waiter(topic)
             async with lock:  # one fetch per group at a time: reads never overlap
-                found = await self._fetch_once(topic, group, consumer, max_messages, lease_seconds)
+                found = await self._fetch_once(
+                    topic, group, consumer, max_messages, lease_seconds, wait_seconds > 0
+                )
             remaining = deadline - time.monotonic()
             if found or remaining <= 0 or self.closed:
                 return found
@@ -121,8 +124,16 @@ class OwnedGroups:
             await self.wakeups.wait(wakeup, min(remaining, self.poll_interval))
 
     async def _fetch_once(
-        self, topic: str, group: str, consumer: str, max_messages: int, lease_seconds: float
+        self,
+        topic: str,
+        group: str,
+        consumer: str,
+        max_messages: int,
+        lease_seconds: float,
+        background: bool,
     ) -> list[Delivery]:
+        """``background``: the caller waits for a wake-up anyway, so a look in the file need
+        not hold up what this process publishes meanwhile."""
         key = (topic, group)
         now = time.time()
         win = self._windows.get(key)
@@ -168,19 +179,14 @@ class OwnedGroups:
         room = min(max_messages - len(out), self.max_in_flight - win.open_count() - win.rows)
         if room <= 0:
             return out
-        rows = self._from_tail(win, room)
+        rows = self._from_polled(win, room) or self._from_tail(win, room)
         if not rows and self._must_read(win):
-            start = win.read_to
-            got_rows = await self._call(
-                lambda s, n: s.read(win.topic_id, win.group_id, start, room)
-            )
-            win.next_poll = time.monotonic() + self.poll_interval
-            if got_rows.owner != self.owner or got_rows.epoch != win.epoch:
-                self._drop(win)  # taken over, or moved by a replay: start again from the file
+            if background:
+                self._poll(win, room)
                 return out
-            if self._windows.get(key) is not win:
+            if not await self._read(win, room):
                 return out
-            rows = got_rows.rows
+            rows = self._from_polled(win, room)
         if rows:
             delayed = self._take(win, rows, out, lease_until, now)
             if delayed:
@@ -190,6 +196,49 @@ class OwnedGroups:
     def _from_tail(self, win: GroupWindow, room: int) -> list[Row]:
         tail = self._tails.get(win.topic)
         return [] if tail is None else tail.read(win.read_to, room)
+
+    def _from_polled(self, win: GroupWindow, room: int) -> list[Row]:
+        """Rows a look in the file found, from the window's read position on."""
+        polled = win.polled
+        if not polled:
+            return []
+        start = win.read_to
+        taken = [row for row in polled if row[0] >= start][:room]
+        win.polled = [row for row in polled if row[0] > taken[-1][0]] if taken else []
+        return taken
+
+    async def _read(self, win: GroupWindow, room: int) -> bool:
+        """Look in the file past the window; False if the window is no longer ours."""
+        start = win.read_to
+        win.polling = True
+        try:
+            got = await self._call(lambda s, n: s.read(win.topic_id, win.group_id, start, room))
+        finally:
+            win.polling = False
+        win.next_poll = time.monotonic() + self.poll_interval
+        if got.owner != self.owner or got.epoch != win.epoch:
+            self._drop(win)  # taken over, or moved by a replay: start again from the file
+            return False
+        if self._windows.get((win.topic, win.group)) is not win:
+            return False
+        win.polled = got.rows
+        return True
+
+    def _poll(self, win: GroupWindow, room: int) -> None:
+        """Look in the file in the background; the fetch waiting for work is woken."""
+        if win.polling:
+            return
+
+        async def poll() -> None:
+            try:
+                if await self._read(win, room) and win.polled:
+                    self.wakeups.wake(win.topic)
+            except Exception as exc:  # the next fetch looks again
+                log.debug("reading %s failed: %s", win.topic, exc)
+
+        task = asyncio.ensure_future(poll())
+        self._polls.add(task)
+        task.add_done_callback(self._polls.discard)
 
     def _must_read(self, win: GroupWindow) -> bool:
         """Read the file when a poll is due, or when this process's newer messages show that

@@ -95,7 +95,10 @@ def create_message_table(conn: sqlite3.Connection, topic_id: int) -> None:
 
 def open_connection(path: str, *, durability: str) -> sqlite3.Connection:
     """Open a connection in WAL mode; ``full`` durability fsyncs every commit."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    # Room for the multi-row INSERT of every batch size (``SqliteStore._insert``).
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=30.0, cached_statements=1024
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=" + ("FULL" if durability == "full" else "NORMAL"))
     conn.execute("PRAGMA busy_timeout=30000")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from types import MappingProxyType
 
 import orjson
@@ -50,19 +51,25 @@ TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}(\.dlq)?$")
 EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 RESERVED_HEADER_PREFIX = "sampan-"
 NEVER = float("inf")
-INSERT_CHUNKS = (256, 64, 16, 4, 1)
-"""Rows per multi-row INSERT (8 variables a row, far below SQLite's 32766)."""
+INSERT_CHUNK = 512
+_FIRST_THREE = itemgetter(0, 1, 2)
+"""Rows per multi-row INSERT at most (8 variables a row, far below SQLite's 32766)."""
 
 InflightRow = tuple[int, int, str | None, float, int, str | None, int]
 """(group_id, offset, key, visible_at, attempt, last_error, lease) of an ``inflight`` row."""
 
 
-def insert_sql(table: str, rows: int) -> str:
-    values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+def insert_sql(table: str, rows: int, *, plain: bool) -> str:
+    """A multi-row INSERT; ``plain`` rows bind (offset, key, value) each, plus the batch's
+    published_at and target group once."""
+    columns = "(offset, key, value, headers, published_at, deliver_at, target_group, size)"
+    if not plain:
+        values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+        return f"INSERT INTO {table} {columns} VALUES {values}"
+    values = ",".join(f"(?{3 * i + 1}, ?{3 * i + 2}, ?{3 * i + 3})" for i in range(rows))
     return (
-        f"INSERT INTO {table}"
-        " (offset, key, value, headers, published_at, deliver_at, target_group, size)"
-        f" VALUES {values}"
+        f"INSERT INTO {table} {columns} SELECT column1, column2, column3, NULL,"
+        f" ?{3 * rows + 1}, NULL, ?{3 * rows + 2}, length(column3) FROM (VALUES {values})"
     )
 
 
@@ -173,7 +180,7 @@ class SqliteStore:
         self.max_in_flight_per_group = max_in_flight_per_group
         self._topics: dict[str, TopicRow] = {}
         self._groups: dict[tuple[str, str], GroupRow] = {}
-        self._insert_sqls: dict[tuple[str, int], str] = {}
+        self._insert_sqls: dict[tuple[str, int, bool], str] = {}
         self.appended: list[tuple[str, list[Row], int]] = []
         """Rows this store inserted since the bus last took them (``take_appended``): after
         the commit they are handed to this process's consumers from memory."""
@@ -391,21 +398,24 @@ class SqliteStore:
         return list(range(first, end))
 
     def _insert(self, table: str, rows: list[Row]) -> None:
-        """Insert in multi-row statements of a few fixed sizes (prepared once, cached by the
-        sqlite3 module): one step per chunk instead of one per row, so the database thread
-        gives up and takes back the GIL a few times per batch rather than once per message
-        (each take-back can wait for the event loop's thread to yield it)."""
-        done = 0
-        left = len(rows)
-        for size in INSERT_CHUNKS:
-            while left >= size:
-                chunk = rows[done : done + size]
-                sql = self._insert_sqls.get((table, size))
-                if sql is None:
-                    sql = self._insert_sqls[table, size] = insert_sql(table, size)
-                self.conn.execute(sql, list(chain.from_iterable(chunk)))
-                done += size
-                left -= size
+        """Insert with multi-row statements of up to ``INSERT_CHUNK`` rows (prepared once per
+        size, then cached): one step per chunk instead of one per row, so the database thread
+        gives up and takes back the GIL a few times per commit rather than once per message
+        (each take-back can wait for the event loop's thread to yield it). Binding runs with
+        the GIL held, so rows without headers or delay bind three values, not eight."""
+        plain = all(r[3] is None and r[5] is None for r in rows)
+        for lo in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[lo : lo + INSERT_CHUNK]
+            key = (table, len(chunk), plain)
+            sql = self._insert_sqls.get(key)
+            if sql is None:
+                sql = self._insert_sqls[key] = insert_sql(table, len(chunk), plain=plain)
+            if plain:
+                params = list(chain.from_iterable(map(_FIRST_THREE, chunk)))
+                params += (chunk[0][4], chunk[0][6])
+            else:
+                params = list(chain.from_iterable(chunk))
+            self.conn.execute(sql, params)
 
     # -- groups -------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from sampan.bus.base import Delivery
+from sampan.bus.sqlite_tail import Row
 
 NEVER = float("inf")
 
@@ -54,6 +55,10 @@ class GroupWindow:
     """The earliest ``visible_at`` of the group's rows: when the rows need a look."""
     next_poll: float = 0.0
     """When (``time.monotonic``) to look in the file for other processes' messages."""
+    polling: bool = False
+    """A look in the file runs in the background."""
+    polled: list[Row] = field(default_factory=list)
+    """What the last background look found, not taken yet (ascending offsets)."""
     leased: dict[int, Delivery] = field(default_factory=dict)
     until: dict[int, float] = field(default_factory=dict)
     min_until: float = NEVER
