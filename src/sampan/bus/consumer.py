@@ -175,10 +175,13 @@ class Consumer:
                 continue
             now = time.monotonic()
             held = self._held
+            redelivered = 0
             for d in found:
                 held[d.offset] = (d, now)
                 if d.attempt > 1:
-                    self._redelivered.inc()
+                    redelivered += 1
+            if redelivered:
+                self._redelivered.inc(redelivered)
             self._hand_out(found)
 
     # -- handling -----------------------------------------------------------------------------
@@ -194,6 +197,13 @@ class Consumer:
     async def _work(self) -> None:
         ready, idle = self._ready, self._idle
         loop = asyncio.get_running_loop()
+        # Bound once: this loop runs per message.
+        clock, observe, handler, ack_wanted = (
+            time.perf_counter,
+            self._quartet.observe,
+            self.handler,
+            self._ack_wanted,
+        )
         while True:
             if not ready:
                 waiter: asyncio.Future[None] = loop.create_future()
@@ -208,18 +218,19 @@ class Consumer:
             d = ready.popleft()
             if d is _STOP:
                 return
-            started = time.perf_counter()
+            started = clock()
             try:
-                await self.handler(d)
+                await handler(d)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._quartet.observe(time.perf_counter() - started, error=True)
+                observe(clock() - started, error=True)
                 await self._failed(d, exc)
             else:
-                self._quartet.observe(time.perf_counter() - started)
+                observe(clock() - started)
                 self._to_ack.append(d)
-                self._ack_wanted.set()
+                if not ack_wanted.is_set():
+                    ack_wanted.set()
             self.processed += 1
 
     async def _failed(self, d: Delivery, exc: Exception) -> None:
