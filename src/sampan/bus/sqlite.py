@@ -76,7 +76,10 @@ class _Operation:
     ``MAX_MESSAGES_PER_TRANSACTION`` so that publishers keep the thread busy (see ``_run``)."""
 
 
-CHECKPOINT_INTERVAL = 0.25
+CHECKPOINT_INTERVAL = 1.0
+"""Seconds between WAL checkpoints. Each one ends with an fsync of the database file that
+slows the commits' own fsyncs meanwhile; at 10k msg/s, checkpointing every second instead
+of every 0.25 s halved the p99 publish-to-handler latency (measured, alternating runs)."""
 
 
 class Checkpointer:
