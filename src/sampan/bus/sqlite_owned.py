@@ -82,12 +82,6 @@ class OwnedGroups:
             tail.add(rows, size)
             self.wakeups.wake(topic)
 
-    def forget(self) -> None:
-        """After a failed transaction nothing in memory can be trusted: reload from the file
-        (what was leased is delivered again)."""
-        self._windows.clear()
-        self._tails.clear()
-
     def forget_topic(self, topic: str) -> None:
         self._tails.pop(topic, None)
         for key in [k for k in self._windows if k[0] == topic]:
@@ -180,6 +174,10 @@ class OwnedGroups:
         if room <= 0:
             return out
         rows = self._from_polled(win, room) or self._from_tail(win, room)
+        if background and time.monotonic() >= win.next_poll:
+            # Even while this process's messages flow from memory: the look also notices a
+            # replay or a takeover by another process (the group's epoch).
+            self._poll(win, room)
         if not rows and self._must_read(win):
             if background:
                 self._poll(win, room)

@@ -147,3 +147,27 @@ def test_tail_cache_drops_the_oldest_past_its_bound() -> None:
     assert tail.read(0, 10) == []
     assert [r[0] for r in tail.read(3, 10)] == [3, 4, 5]
     assert len(tail) == 3
+
+
+async def test_a_replay_by_another_process_reaches_the_owner(
+    open_bus: Callable[[], Awaitable[SqliteBus]],
+) -> None:
+    """The owner notices another instance's replay (the group's epoch) and reads again from
+    the replayed offset, even while its own messages keep coming from memory."""
+    owner, operator = await open_bus(), await open_bus()
+    await owner.create_group("t", "g")
+    await owner.publish_batch("t", [OutgoingMessage(b"%d" % i) for i in range(3)])
+    got = await owner.fetch("t", "g", consumer="a", max_messages=10, lease_seconds=10)
+    await owner.ack(got)
+    assert await operator.replay("t", "g", offset=1) == 1
+    seen: list[int] = []
+    for _ in range(40):
+        await owner.publish_batch("t", [OutgoingMessage(b"more")])
+        got = await owner.fetch(
+            "t", "g", consumer="a", max_messages=10, lease_seconds=10, wait_seconds=0.05
+        )
+        seen += [d.offset for d in got]
+        await owner.ack(got)
+        if 1 in seen:
+            break
+    assert 1 in seen, "the replay was never noticed"
