@@ -169,7 +169,7 @@ class OwnedGroups:
             lease = self._lease_next
             self._lease_next += 1
             d = Delivery(topic, group, offset, p.key, p.value, p.headers, p.published_at, 1, lease)
-            out.append(win.lease(offset, d, lease_until, p.key, read=False))
+            out.append(win.lease_parked(offset, d, lease_until, p.key))
         room = min(max_messages - len(out), self.max_in_flight - win.open_count() - win.rows)
         if room <= 0:
             return out
