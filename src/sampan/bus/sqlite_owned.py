@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from sampan.bus.base import Delivery, GroupInfo
+from sampan.bus.fast_delivery import new_delivery
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_schema import WAITING_FOR_KEY
 from sampan.bus.sqlite_store import (
@@ -280,7 +281,7 @@ class OwnedGroups:
                     park(offset, Parked(key, value, decode_headers(headers), published_at), key)
                     continue
                 heads.add(key)
-            d = Delivery(
+            d = new_delivery(
                 topic,
                 group,
                 offset,
