@@ -448,9 +448,11 @@ class OwnedGroups:
         return True
 
     async def release(self, deliveries: Sequence[Delivery]) -> list[Delivery]:
-        """Hand window leases back as rows due now (attempt not counted); returns the rest."""
+        """Hand window leases back as rows due now (attempt not counted), written together;
+        returns the rest."""
         rest: list[Delivery] = []
         now = time.time()
+        rows: dict[GroupWindow, list[InflightRow]] = {}
         for d in deliveries:
             win = self.held(d)
             if win is None:
@@ -458,11 +460,13 @@ class OwnedGroups:
                 continue
             win.to_row(d)
             win.rows_due_at = now
-            win.advance()
-            await self._write_rows(
-                win, [(win.group_id, d.offset, d.key, now, d.attempt - 1, None, d.lease)]
+            rows.setdefault(win, []).append(
+                (win.group_id, d.offset, d.key, now, d.attempt - 1, None, d.lease)
             )
-            self.wakeups.wake(d.topic)
+        for win, written in rows.items():
+            win.advance()
+            await self._write_rows(win, written)
+            self.wakeups.wake(win.topic)
         return rest
 
     async def extend(self, deliveries: Sequence[Delivery], lease_seconds: float) -> list[Delivery]:
