@@ -10,6 +10,7 @@ finishes or hands back in-flight messages.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from sampan.flows.endpoints.route import RouteSourceConfig
 from sampan.flows.endpoints.topic import TopicSourceConfig
 from sampan.flows.expressions import evaluator
 from sampan.flows.kinds import source_kinds
-from sampan.flows.message import FlowMessage, decode_payload
+from sampan.flows.message import FlowMessage
 from sampan.flows.pipeline import Pipeline
 from sampan.flows.service_caller import ServiceCaller
 from sampan.flows.steps.headers import header_text
@@ -125,14 +126,5 @@ class Flow:
 
     def _keyed(self, message: OutgoingMessage) -> OutgoingMessage:
         assert self._key is not None
-        probe = FlowMessage(decode_payload(message.value), headers=dict(message.headers or {}))
-        value = self._key(probe)
-        key = None if value is None else header_text(value)
-        return OutgoingMessage(
-            message.value,
-            key,
-            message.headers,
-            message.deliver_at,
-            message.dedupe_key,
-            message.dedupe_ttl,
-        )
+        value = self._key(FlowMessage(raw=message.value, headers=dict(message.headers or {})))
+        return dataclasses.replace(message, key=None if value is None else header_text(value))

@@ -13,7 +13,7 @@ from sampan.flows.config import FlowConfig
 from sampan.flows.endpoints.route import RouteSourceConfig
 from sampan.flows.endpoints.service import ServiceSinkConfig
 from sampan.flows.endpoints.topic import TopicSinkConfig, TopicSourceConfig
-from sampan.flows.spec import StepSpec, _EndpointSpec
+from sampan.flows.spec import EndpointSpec, StepSpec
 from sampan.flows.steps.enrich import EnrichOptions
 
 Loc = tuple[str | int, ...]
@@ -38,7 +38,7 @@ def _walk(node: Any, loc: Loc) -> Iterator[Reference]:
         if node.on_error is not None and node.on_error.to is not None:
             yield from _walk(node.on_error.to, (*loc, "on_error", "to"))
         return
-    if isinstance(node, _EndpointSpec):
+    if isinstance(node, EndpointSpec):
         yield from _walk(node.options, loc)
         return
     if isinstance(node, TopicSourceConfig):

@@ -91,7 +91,7 @@ class StepSpec(BaseModel):
         return {"kind": name, "options": options, "on_error": value.get("on_error")}
 
 
-class _EndpointSpec(BaseModel):
+class EndpointSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: ClassVar[Literal["source", "sink"]]
@@ -140,13 +140,13 @@ class _EndpointSpec(BaseModel):
         return {"kind": name, "options": options}
 
 
-class SourceSpec(_EndpointSpec):
+class SourceSpec(EndpointSpec):
     """Where a flow's messages come from."""
 
     role: ClassVar[Literal["source", "sink"]] = "source"
 
 
-class SinkSpec(_EndpointSpec):
+class SinkSpec(EndpointSpec):
     """Where a ``to`` step sends messages."""
 
     role: ClassVar[Literal["source", "sink"]] = "sink"

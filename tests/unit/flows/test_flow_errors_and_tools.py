@@ -12,6 +12,7 @@ import orjson
 import yaml
 from flow_case import flows_config, run_flow_case
 
+from sampan.bus.base import OutgoingMessage
 from sampan.bus.factory import open_bus
 from sampan.config import parse_config_text
 from sampan.flows.service import FlowService
@@ -261,3 +262,36 @@ async def test_python_steps_import_from_the_node_python_path(tmp_path: Path) -> 
         },
     )
     assert result.passed, result.problems
+
+
+async def test_connector_messages_get_the_flow_key_on_the_ingress_topic(tmp_path: Path) -> None:
+    config = parse_config_text(
+        "flows:\n  - name: tick\n    from: {timer: 1h}\n    key: data.customer\n"
+        "    steps: [{to: {topic: out}}]\n",
+        base_dir=tmp_path,
+    )
+    bus = open_bus("memory://", metrics=Metrics())
+    store = open_store("memory://", tmp_path)
+    await bus.start()
+    await store.start()
+    try:
+        flows = FlowService(
+            config.flows,
+            bus=bus,
+            store=store,
+            metrics=Metrics(),
+            base_dir=tmp_path,
+            data_dir=tmp_path,
+            node="n",
+            default_retry=config.bus.retry,
+            start_sources=False,
+        )
+        [flow] = flows.flows
+        assert flow.topic == "flows.tick.in"
+        await bus.create_group(flow.topic, "check")
+        await flow.emit([OutgoingMessage(b'{"customer": "KH1"}'), OutgoingMessage(b'"no key"')])
+        got = await bus.fetch(flow.topic, "check", consumer="t", max_messages=10, lease_seconds=5)
+        assert [d.key for d in got] == ["KH1", None]
+    finally:
+        await store.close()
+        await bus.close()
