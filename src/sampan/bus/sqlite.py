@@ -40,7 +40,13 @@ from sampan.bus.base import (
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_owned import OwnedGroups
 from sampan.bus.sqlite_schema import open_connection
-from sampan.bus.sqlite_store import SqliteStore, check_topic_name
+from sampan.bus.sqlite_store import (
+    EncodedHeaders,
+    SqliteStore,
+    check_headers,
+    check_topic_name,
+    encode_all_headers,
+)
 from sampan.observe.metrics import Metrics
 
 log = logging.getLogger("sampan.bus.sqlite")
@@ -69,7 +75,7 @@ class _Operation:
     retry schedule only causes a redelivery, which at-least-once allows."""
     result: Any = None
     error: BaseException | None = None
-    publish: tuple[str, Sequence[OutgoingMessage]] | None = None
+    publish: tuple[str, Sequence[OutgoingMessage], EncodedHeaders | None] | None = None
     """A plain publish, which may be written together with adjacent ones to its topic."""
     weight: int = 1
     """Messages the operation writes: a transaction stops taking operations past
@@ -284,7 +290,7 @@ class SqliteBus(Bus):
                 group = batch[i:j]
                 try:
                     results = store.publish_many(
-                        topic, [o.publish[1] for o in group if o.publish], now
+                        topic, [(o.publish[1], o.publish[2]) for o in group if o.publish], now
                     )
                 except BusError as exc:
                     for o in group:
@@ -320,7 +326,7 @@ class SqliteBus(Bus):
         *topics: str,
         must_sync: bool = False,
         weight: int = 1,
-        publish: tuple[str, Sequence[OutgoingMessage]] | None = None,
+        publish: tuple[str, Sequence[OutgoingMessage], EncodedHeaders | None] | None = None,
     ) -> asyncio.Future[T]:
         if self._thread is None:
             raise BusError("the bus is not started")
@@ -351,12 +357,14 @@ class SqliteBus(Bus):
     # -- publish ------------------------------------------------------------------------------
 
     async def publish_batch(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[int]:
+        check_headers(messages)
+        encoded = encode_all_headers(messages)
         offsets = await self._call(
-            lambda s, now: s.publish(topic, messages, now),
+            lambda s, now: s.publish(topic, messages, now, checked=True, encoded=encoded),
             topic,
             must_sync=True,
             weight=len(messages),
-            publish=None if any(m.dedupe_key for m in messages) else (topic, messages),
+            publish=None if any(m.dedupe_key for m in messages) else (topic, messages, encoded),
         )
         self.metrics.target("topic", topic).count(len(offsets))
         return offsets

@@ -45,6 +45,7 @@ from sampan.bus.dead_letters import dead_letter_headers, read_dead_letter
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_schema import WAITING_FOR_KEY, create_message_table, message_table
 from sampan.bus.sqlite_tail import Row
+from sampan.stored_json import dumps_kept
 
 # 200 characters like the config allows, plus room for the ".dlq" suffix of its dead letters.
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}(\.dlq)?$")
@@ -89,7 +90,23 @@ def check_headers(messages: Sequence[OutgoingMessage]) -> None:
 
 
 def encode_headers(headers: Mapping[str, str] | None) -> bytes | None:
-    return orjson.dumps(dict(headers)) if headers else None
+    """Headers as stored: JSON (rows are kept in memory a while, see `sampan.stored_json`)."""
+    if not headers:
+        return None
+    return dumps_kept(dict(headers))
+
+
+EncodedHeaders = list[bytes | None]
+
+
+def encode_all_headers(messages: Sequence[OutgoingMessage]) -> EncodedHeaders | None:
+    """Each message's headers as stored, or None when no message has any.
+
+    Done by the caller, on the event loop's thread: the database thread then only binds
+    values, and Python work there holds the GIL that the loop is waiting for."""
+    if not any(m.headers for m in messages):
+        return None
+    return [encode_headers(m.headers) for m in messages]
 
 
 def decode_headers(raw: bytes | None) -> Mapping[str, str]:
@@ -293,37 +310,43 @@ class SqliteStore:
         *,
         target_group: int | None = None,
         internal: bool = False,
+        checked: bool = False,
+        encoded: EncodedHeaders | None = None,
     ) -> list[int]:
-        """``internal`` publishes (dead letters, re-drives) may carry ``sampan-`` headers."""
+        """``internal`` publishes (dead letters, re-drives) may carry ``sampan-`` headers.
+        ``checked``: the caller already ran `check_headers`; ``encoded``: the headers as
+        `encode_all_headers` gave them."""
         if not messages:
             return []
-        if not internal:
+        if not internal and not checked:
             check_headers(messages)
         row = self.topic(topic)
         if any(m.dedupe_key is not None for m in messages):
             return self._publish_deduplicated(row, messages, now, target_group)
-        return self._append(row, messages, now, target_group)
+        return self._append(row, messages, now, target_group, encoded)
 
     def publish_many(
-        self, topic: str, batches: Sequence[Sequence[OutgoingMessage]], now: float
+        self,
+        topic: str,
+        batches: Sequence[tuple[Sequence[OutgoingMessage], EncodedHeaders | None]],
+        now: float,
     ) -> list[list[int] | BusError]:
-        """Several callers' publishes (no dedupe keys) to one topic, written together; each
-        batch stays atomic: an invalid one fails alone, before anything is written."""
+        """Several callers' publishes (no dedupe keys, headers checked and encoded by the
+        callers) to one topic, written together; each batch stays atomic."""
         results: list[list[int] | BusError] = []
         valid: list[OutgoingMessage] = []
-        for messages in batches:
-            try:
-                check_headers(messages)
-            except BusError as exc:
-                results.append(exc)
-                continue
+        headers: EncodedHeaders | None = None
+        for messages, encoded in batches:
             results.append([])
+            if encoded is not None and headers is None:
+                headers = [None] * len(valid)
+            if headers is not None:
+                headers.extend(encoded if encoded is not None else [None] * len(messages))
             valid.extend(messages)
         if valid:
-            offsets = iter(self._append(self.topic(topic), valid, now, None))
-            for i, messages in enumerate(batches):
-                if not isinstance(results[i], BusError):
-                    results[i] = [next(offsets) for _ in messages]
+            offsets = iter(self._append(self.topic(topic), valid, now, None, headers))
+            for i, (batch, _) in enumerate(batches):
+                results[i] = [next(offsets) for _ in batch]
         return results
 
     def _publish_deduplicated(
@@ -371,6 +394,7 @@ class SqliteStore:
         messages: Sequence[OutgoingMessage],
         now: float,
         target_group: int | None,
+        encoded: EncodedHeaders | None = None,
     ) -> list[int]:
         count = len(messages)
         size = sum(len(m.value) for m in messages)
@@ -380,19 +404,18 @@ class SqliteStore:
             (count, count, size, row.id),
         ).fetchone()[0]
         first = end - count
-        rows: list[Row] = [
-            (
-                first + i,
-                m.key,
-                m.value,
-                encode_headers(m.headers) if m.headers else None,
-                now,
-                m.deliver_at,
-                target_group,
-                len(m.value),
-            )
-            for i, m in enumerate(messages)
-        ]
+        if encoded is None and any(m.headers for m in messages):
+            encoded = [encode_headers(m.headers) if m.headers else None for m in messages]
+        if encoded is None:
+            rows: list[Row] = [
+                (first + i, m.key, m.value, None, now, m.deliver_at, target_group, len(m.value))
+                for i, m in enumerate(messages)
+            ]
+        else:
+            rows = [
+                (first + i, m.key, m.value, h, now, m.deliver_at, target_group, len(m.value))
+                for i, (m, h) in enumerate(zip(messages, encoded, strict=True))
+            ]
         self._insert(message_table(row.id), rows)
         self.appended.append((row.name, rows, size))
         return list(range(first, end))

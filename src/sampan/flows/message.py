@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from sampan.stored_json import dumps_kept
+
 _UNDECODED: Any = object()
 
 
@@ -32,7 +34,7 @@ def encode_payload(data: Any) -> bytes:
         return data
     if isinstance(data, str):
         return data.encode("utf-8")
-    return orjson.dumps(data)
+    return dumps_kept(data)
 
 
 class FlowMessage:
