@@ -51,6 +51,7 @@ from sampan.bus.base import (
     check_replay_position,
     dlq_topic,
 )
+from sampan.bus.nats_replies import ReplyInbox
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_store import RESERVED_HEADER_PREFIX, check_topic_name
 from sampan.observe.metrics import Metrics
@@ -65,6 +66,7 @@ HEADER_DELIVER_AT = "sampan-deliver-at"
 HEADER_DEDUPE_TTL = "sampan-dedupe-ttl"
 HEADER_REDRIVE_GROUP = "sampan-redrive-group"
 MSG_ID = "Nats-Msg-Id"
+EXPECTED_STREAM = "Nats-Expected-Stream"
 NS = 1_000_000_000
 
 
@@ -144,6 +146,15 @@ class _Entry:
 
 
 @dataclass(slots=True)
+class _PullRequest:
+    """One no-wait pull: done once ``wanted`` messages or JetStream's end-of-batch status came."""
+
+    wanted: int
+    done: asyncio.Future[None]
+    received: int = 0
+
+
+@dataclass(slots=True)
 class _Group:
     topic: str
     group: str
@@ -155,9 +166,11 @@ class _Group:
     entries: dict[int, _Entry] = field(default_factory=dict)
     uncounted: dict[int, int] = field(default_factory=dict)
     """Deliveries per stream sequence that were not attempts (releases, early delayed ones)."""
-    requests: dict[str, asyncio.Event] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    arrivals: int = 0
+    requests: dict[str, _PullRequest] = field(default_factory=dict)
+    """Pulls by reply subject: JetStream's end-of-pull status comes on that subject."""
+    pulling: _PullRequest | None = None
+    """The pull a fetch waits for (one at a time: fetch holds ``lock``). Deliveries carry the
+    stream's subject, not the pull's, so every arrival counts towards this one."""
 
 
 class NatsBus(Bus):
@@ -171,6 +184,7 @@ class NatsBus(Bus):
         self.metrics = metrics or Metrics()
         self._nc: NatsClient | None = None
         self._js: Any = None
+        self._replies: ReplyInbox | None = None
         self._groups: dict[tuple[str, str], _Group] = {}
         self._known_topics: set[str] = set()
         self._leases = itertools.count(1)
@@ -190,6 +204,8 @@ class NatsBus(Bus):
         except Exception as exc:
             raise BusError(f"cannot connect to NATS at {self.url}: {exc}") from exc
         self._js = self._nc.jetstream(timeout=self.options.request_timeout)
+        self._replies = ReplyInbox(self._nc, self.options.request_timeout)
+        await self._replies.start()
         self._keepalive = asyncio.create_task(self._keep_alive())
 
     async def close(self) -> None:
@@ -201,12 +217,19 @@ class NatsBus(Bus):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
         for state in self._groups.values():
-            for event in state.requests.values():
-                event.set()
-            state.arrived.set()
+            for request in state.requests.values():
+                if not request.done.done():
+                    request.done.set_result(None)
+        if self._replies is not None:
+            await self._replies.close()
         with contextlib.suppress(Exception):
             await self._nc.drain()
         self._groups.clear()
+
+    def _reply_inbox(self) -> ReplyInbox:
+        self._conn()
+        assert self._replies is not None
+        return self._replies
 
     def _conn(self) -> NatsClient:
         if self._nc is None:
@@ -222,12 +245,14 @@ class NatsBus(Bus):
             await asyncio.sleep(interval)
             now = time.time()
             for state in list(self._groups.values()):
+                held: list[tuple[_Entry, bytes]] = []
                 for entry in list(state.entries.values()):
                     if entry.state == "away" and now > entry.away_until + self.options.ack_wait:
                         state.entries.pop(entry.seq, None)  # came back to another process
-                    elif entry.state != "away" and entry.msg is not None:
-                        with contextlib.suppress(Exception):
-                            await entry.msg.in_progress()
+                    elif entry.state != "away":
+                        held.append((entry, b"+WPI"))
+                # Unconfirmed: a lost +WPI costs at most a redelivery, as a lost ack does.
+                await self._settle(held, confirm=False)
 
     # -- topics -------------------------------------------------------------------------------
 
@@ -350,7 +375,8 @@ class NatsBus(Bus):
         internal: Mapping[str, str],
         extra: Sequence[Mapping[str, str]] | None = None,
     ) -> list[int]:
-        """Publish in order (pipelined on one connection); resolve expired dedupe keys."""
+        """Publish in order, pipelined: send every message, then await every PubAck (so the
+        call returns once all are stored); resolve expired dedupe keys."""
         subject = _subject(topic)
         stream = _stream(topic)
 
@@ -366,31 +392,40 @@ class NatsBus(Bus):
             if msg_id is not None:
                 h[MSG_ID] = msg_id
                 h[HEADER_DEDUPE_TTL] = repr(float(m.dedupe_ttl))
+            h[EXPECTED_STREAM] = stream
             return h
 
-        async def one(i: int, m: OutgoingMessage, msg_id: str | None) -> Any:
-            return await self._js.publish(
-                subject, m.value, stream=stream, headers=headers_of(i, m, msg_id)
-            )
+        async def send(items: Sequence[tuple[int, str | None]]) -> list[tuple[int, bool]]:
+            nc, replies = self._conn(), self._reply_inbox()
+            futures = []
+            try:
+                for i, msg_id in items:
+                    m = messages[i]
+                    reply, future = replies.expect()
+                    futures.append(future)
+                    await nc.publish(
+                        subject, m.value, reply=reply, headers=headers_of(i, m, msg_id)
+                    )
+                answers = await asyncio.gather(*futures)
+            except BusError:
+                raise
+            except Exception as exc:
+                raise BusError(f"publish to {topic!r} failed: {type(exc).__name__}: {exc}") from exc
+            finally:
+                for future in futures:
+                    future.cancel()  # only those still waiting (a failure part way)
+            return [_pub_ack(topic, answer) for answer in answers]
 
-        try:
-            acks = await asyncio.gather(*(one(i, m, m.dedupe_key) for i, m in enumerate(messages)))
-        except Exception as exc:
-            raise BusError(f"publish to {topic!r} failed: {type(exc).__name__}: {exc}") from exc
+        acks = await send([(i, m.dedupe_key) for i, m in enumerate(messages)])
         result: list[int] = []
         for i, (message, ack) in enumerate(zip(messages, acks, strict=True)):
-            seq = int(ack.seq)
+            seq, duplicate = ack
             # A duplicate whose first copy is past its own TTL is stored again, under an id
             # derived from the expired copy: concurrent retries still converge on one message.
-            duplicate = bool(ack.duplicate)
             while duplicate and message.dedupe_key is not None:
                 if not await self._dedupe_expired(stream, seq):
                     break
-                try:
-                    again = await one(i, message, f"{message.dedupe_key}@{seq}")
-                except Exception as exc:
-                    raise BusError(f"publish to {topic!r} failed: {exc}") from exc
-                seq, duplicate = int(again.seq), bool(again.duplicate)
+                [(seq, duplicate)] = await send([(i, f"{message.dedupe_key}@{seq}")])
             result.append(seq)
         return result
 
@@ -469,9 +504,10 @@ class NatsBus(Bus):
         headers = msg.headers or {}
         status = headers.get("Status")
         if status is not None or not msg.reply:
-            event = state.requests.get(msg.subject)
-            if event is not None and status not in ("100",):
-                event.set()
+            # 404/408: the pull is over (fewer messages than asked); 100: a heartbeat.
+            request = state.requests.get(msg.subject)
+            if request is not None and status != "100" and not request.done.done():
+                request.done.set_result(None)
             return
         try:
             meta = msg.metadata
@@ -487,43 +523,36 @@ class NatsBus(Bus):
             state="waiting",
             num_delivered=int(meta.num_delivered),
         )
-        state.arrivals += 1
-        state.arrived.set()
-        state.arrived = asyncio.Event()
-
-    async def _request_pull(
-        self, state: _Group, request: dict[str, Any]
-    ) -> tuple[str, asyncio.Event]:
-        reply = f"{state.inbox}.{next(self._requests)}"
-        done = asyncio.Event()
-        state.requests[reply] = done
-        try:
-            await self._conn().publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{state.stream}.{state.durable}",
-                json.dumps(request).encode(),
-                reply=reply,
-            )
-        except BusError:
-            raise
-        except Exception as exc:
-            state.requests.pop(reply, None)
-            raise BusError(f"pull from {state.topic}/{state.group} failed: {exc}") from exc
-        return reply, done
+        request = state.pulling
+        if request is not None:
+            request.received += 1
+            if request.received >= request.wanted and not request.done.done():
+                request.done.set_result(None)
 
     async def _pull(self, state: _Group, batch: int) -> None:
-        """One no-wait pull: JetStream sends what is ready (up to ``batch``), then a status."""
-        before = state.arrivals
-        reply, done = await self._request_pull(state, {"batch": batch, "no_wait": True})
+        """One no-wait pull: JetStream sends what is ready (up to ``batch``), then a status.
+
+        Messages that arrive after the wait gave up are kept all the same (``_received``)."""
+        reply = f"{state.inbox}.{next(self._requests)}"
+        request = _PullRequest(batch, asyncio.get_running_loop().create_future())
+        state.requests[reply] = request
+        state.pulling = request
         try:
-            deadline = time.monotonic() + self.options.request_timeout
-            while not done.is_set() and state.arrivals - before < batch:
-                arrived = state.arrived
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                await _first(arrived, done, remaining)
+            try:
+                await self._conn().publish(
+                    f"$JS.API.CONSUMER.MSG.NEXT.{state.stream}.{state.durable}",
+                    json.dumps({"batch": batch, "no_wait": True}).encode(),
+                    reply=reply,
+                )
+            except BusError:
+                raise
+            except Exception as exc:
+                raise BusError(f"pull from {state.topic}/{state.group} failed: {exc}") from exc
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(request.done, self.options.request_timeout)
         finally:
             state.requests.pop(reply, None)
+            state.pulling = None
 
     # -- consume ------------------------------------------------------------------------------
 
@@ -561,11 +590,17 @@ class NatsBus(Bus):
         """Leases past their deadline go back to JetStream (an attempt, as on the server)."""
         now = time.time()
         expired = [e for e in state.entries.values() if e.state == "leased" and e.deadline <= now]
-        await asyncio.gather(*(self._settle(e, b"-NAK") for e in expired))
+        if not expired:
+            return
+        await self._settle([(e, b"-NAK") for e in expired])
         for entry in expired:
             entry.state, entry.away_until, entry.lease = "away", now, 0
 
     async def _take(self, state: _Group, limit: int, lease_seconds: float) -> list[Delivery]:
+        waiting = [e for e in state.entries.values() if e.state == "waiting" and e.msg is not None]
+        if not waiting:
+            return []
+        waiting.sort(key=_seq_of)
         now = time.time()
         out: list[Delivery] = []
         # The lowest unsettled sequence per key: only that message of a key may be leased.
@@ -577,12 +612,11 @@ class NatsBus(Bus):
                     first_of_key[entry.key] = entry.seq
         to_ack: list[_Entry] = []
         to_defer: list[tuple[_Entry, float]] = []
-        for seq in sorted(state.entries):
+        for entry in waiting:
             if len(out) >= limit:
                 break
-            entry = state.entries[seq]
-            if entry.state != "waiting" or entry.msg is None:
-                continue
+            seq = entry.seq
+            assert entry.msg is not None
             headers = entry.msg.headers or {}
             target = headers.get(HEADER_REDRIVE_GROUP)
             if target is not None and target != state.group:
@@ -616,23 +650,42 @@ class NatsBus(Bus):
         for entry, _ in to_defer:
             state.entries.pop(entry.seq, None)
             state.uncounted[entry.seq] = state.uncounted.get(entry.seq, 0) + 1
-        await asyncio.gather(
-            *(self._settle(e, b"+ACK") for e in to_ack),
-            *(self._settle(e, _nak(due - now + 0.002)) for e, due in to_defer),
-        )
+        if to_ack or to_defer:
+            await self._settle(
+                [(e, b"+ACK") for e in to_ack]
+                + [(e, _nak(due - now + 0.002)) for e, due in to_defer]
+            )
         return out
 
-    async def _settle(self, entry: _Entry, payload: bytes) -> None:
-        """Send an ack-protocol message and wait for JetStream to confirm it."""
-        if entry.msg is None or not entry.msg.reply:
+    async def _settle(self, items: Sequence[tuple[_Entry, bytes]], *, confirm: bool = True) -> None:
+        """Send ack-protocol messages for entries of ONE group; with ``confirm``, return once
+        JetStream has applied all of them.
+
+        Only the last one asks for a reply: the server applies one consumer's acks in the order
+        they arrive on a connection, so the reply to the last means all of them are applied —
+        one round trip per batch instead of one per message. A failure is logged, not raised:
+        an unapplied ack or nak costs a redelivery, which at-least-once allows."""
+        sendable = [(e.msg.reply, p) for e, p in items if e.msg is not None and e.msg.reply]
+        if not sendable:
             return
         try:
-            await self._conn().request(
-                entry.msg.reply, payload, timeout=self.options.request_timeout
-            )
+            nc = self._conn()
+            for subject, payload in sendable[:-1]:
+                await nc.publish(subject, payload)
+            subject, payload = sendable[-1]
+            if not confirm:
+                await nc.publish(subject, payload)
+                return
+            reply, future = self._reply_inbox().expect()
+            await nc.publish(subject, payload, reply=reply)
+            await future
         except Exception as exc:
             log.warning(
-                "NATS %s for %s#%d failed: %s", payload[:4], entry.msg.reply, entry.seq, exc
+                "NATS %s for %d message(s) (last %s) failed: %s",
+                sendable[-1][1][:4].decode(),
+                len(sendable),
+                sendable[-1][0],
+                exc,
             )
 
     def _leased(self, delivery: Delivery) -> tuple[_Group, _Entry] | None:
@@ -650,7 +703,7 @@ class NatsBus(Bus):
         for state, entry in found:
             state.entries.pop(entry.seq, None)
             state.uncounted.pop(entry.seq, None)
-        await asyncio.gather(*(self._settle(e, b"+ACK") for _, e in found))
+        await self._settle_per_group(found, b"+ACK")
 
     async def nack(self, delivery: Delivery, error: str, policy: RetryPolicy) -> bool:
         self._conn()
@@ -665,11 +718,11 @@ class NatsBus(Bus):
                 return True  # replayed meanwhile; the letter is stored all the same
             state.entries.pop(entry.seq, None)
             state.uncounted.pop(entry.seq, None)
-            await self._settle(entry, b"+ACK")
+            await self._settle([(entry, b"+ACK")])
             return True
         delay = policy.backoff(delivery.attempt)
         entry.state, entry.lease, entry.away_until = "away", 0, time.time() + delay
-        await self._settle(entry, _nak(delay))
+        await self._settle([(entry, _nak(delay))])
         return False
 
     async def _dead_letter(self, delivery: Delivery, error: str) -> None:
@@ -694,7 +747,7 @@ class NatsBus(Bus):
         for state, entry in found:
             entry.state, entry.lease, entry.away_until = "away", 0, now
             state.uncounted[entry.seq] = state.uncounted.get(entry.seq, 0) + 1
-        await asyncio.gather(*(self._settle(e, b"-NAK") for _, e in found))
+        await self._settle_per_group(found, b"-NAK")
 
     async def extend(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
         self._conn()
@@ -702,7 +755,20 @@ class NatsBus(Bus):
         deadline = time.time() + lease_seconds
         for _, entry in found:
             entry.deadline = deadline
-        await asyncio.gather(*(self._settle(e, b"+WPI") for _, e in found))
+        await self._settle_per_group(found, b"+WPI")
+
+    async def _settle_per_group(
+        self, found: Sequence[tuple[_Group, _Entry]], payload: bytes
+    ) -> None:
+        """The same settlement for entries of possibly several groups: one round trip each,
+        all groups at once."""
+        by_group: dict[int, list[tuple[_Entry, bytes]]] = {}
+        for state, entry in found:
+            by_group.setdefault(id(state), []).append((entry, payload))
+        if len(by_group) == 1:
+            await self._settle(next(iter(by_group.values())))
+        elif by_group:
+            await asyncio.gather(*(self._settle(items) for items in by_group.values()))
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -835,16 +901,27 @@ class NatsBus(Bus):
         return len(letters)
 
 
-async def _first(a: asyncio.Event, b: asyncio.Event, seconds: float) -> None:
-    """Wait until either event is set, or ``seconds``."""
-    if a.is_set() or b.is_set():
-        return
-    waiters = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+def _seq_of(entry: _Entry) -> int:
+    return entry.seq
+
+
+def _pub_ack(topic: str, answer: Msg) -> tuple[int, bool]:
+    """(stream sequence, duplicate) of a PubAck; a JetStream error as a BusError."""
+    status = (answer.headers or {}).get("Status")
+    if status is not None:
+        reason = "no stream answers (no responders)" if status == "503" else f"status {status}"
+        raise BusError(f"publish to {topic!r} failed: {reason}")
     try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+        reply = json.loads(answer.data)
+    except ValueError as exc:
+        raise BusError(f"publish to {topic!r}: unreadable PubAck {answer.data[:80]!r}") from exc
+    error = reply.get("error")
+    if error is not None:
+        raise BusError(
+            f"publish to {topic!r} failed: JetStream {error.get('code')}"
+            f" ({error.get('err_code')}): {error.get('description')}"
+        )
+    return int(reply["seq"]), bool(reply.get("duplicate", False))
 
 
 def _nak(delay: float) -> bytes:
