@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from sampan.bus.base import Bus, BusError
 from sampan.bus.sqlite import SqliteBus, SqliteBusOptions
 from sampan.observe.metrics import Metrics
@@ -11,10 +13,18 @@ PLANNED_SCHEMES: tuple[str, ...] = ()
 
 
 def open_bus(
-    url: str, options: SqliteBusOptions | None = None, metrics: Metrics | None = None
+    url: str,
+    options: SqliteBusOptions | None = None,
+    metrics: Metrics | None = None,
+    *,
+    lease: float | None = None,
 ) -> Bus:
     """``sqlite:///path.db`` (embedded, durable) or ``memory://`` (same engine, in memory, for
-    tests). The bus still needs ``await bus.start()``."""
+    tests). The bus still needs ``await bus.start()``.
+
+    ``lease`` (the node's ``bus.lease``) becomes the NATS consumers' ``ack_wait``: what a
+    process that died held comes back after it, as an expired lease does on the other
+    backends. Those keep leases per fetch and ignore it."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":
         return SqliteBus(url, options, metrics)
@@ -42,13 +52,16 @@ def open_bus(
     if scheme == "nats":
         from sampan.bus.nats import NatsBus, NatsBusOptions
 
-        if options is None:
-            return NatsBus(url, metrics=metrics)
-        nats_options = NatsBusOptions(
-            auto_create_topics=options.auto_create_topics,
-            default_retention=options.default_retention,
-            max_in_flight_per_group=options.max_in_flight_per_group,
-        )
+        nats_options = NatsBusOptions()
+        if options is not None:
+            nats_options = dataclasses.replace(
+                nats_options,
+                auto_create_topics=options.auto_create_topics,
+                default_retention=options.default_retention,
+                max_in_flight_per_group=options.max_in_flight_per_group,
+            )
+        if lease is not None:
+            nats_options = dataclasses.replace(nats_options, ack_wait=lease)
         return NatsBus(url, nats_options, metrics)
     if scheme in PLANNED_SCHEMES:
         raise BusError(f"bus URL {url!r}: the {scheme} backend is not available in this version")

@@ -17,6 +17,7 @@ import datetime
 import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -115,11 +116,17 @@ def _retention_of(config: js_api.StreamConfig) -> Retention:
     )
 
 
+_BAD_HEADER_NAME = re.compile(r"[:\r\n \t]")
+_BAD_HEADER_VALUE = re.compile(r"[\r\n]")
+
+
 def _check_headers(headers: Mapping[str, str] | None) -> None:
-    for name, value in (headers or {}).items():
+    if not headers:
+        return
+    for name, value in headers.items():
         if name.lower().startswith(RESERVED_HEADER_PREFIX):
             raise BusError(f"header {name!r}: the 'sampan-' prefix is reserved")
-        if not name or any(c in name for c in ":\r\n \t") or any(c in value for c in "\r\n"):
+        if not name or _BAD_HEADER_NAME.search(name) or _BAD_HEADER_VALUE.search(value):
             raise BusError(f"header {name!r}: names and values may not contain line breaks")
 
 
@@ -187,6 +194,8 @@ class NatsBus(Bus):
         self._replies: ReplyInbox | None = None
         self._groups: dict[tuple[str, str], _Group] = {}
         self._known_topics: set[str] = set()
+        self._names: dict[str, tuple[str, str]] = {}
+        """(subject, stream) per topic published to: encoding names per message costs."""
         self._leases = itertools.count(1)
         self._requests = itertools.count(1)
         self._keepalive: asyncio.Task[None] | None = None
@@ -287,9 +296,9 @@ class NatsBus(Bus):
         self._known_topics.add(name)
 
     async def _ensure_topic(self, name: str) -> None:
-        check_topic_name(name)
         if name in self._known_topics:
             return
+        check_topic_name(name)
         try:
             await self._js.stream_info(_stream(name))
         except NotFoundError:
@@ -357,7 +366,8 @@ class NatsBus(Bus):
     # -- publish ------------------------------------------------------------------------------
 
     async def publish_batch(self, topic: str, messages: Sequence[OutgoingMessage]) -> list[int]:
-        check_topic_name(topic)
+        if topic not in self._known_topics:  # those were checked when they became known
+            check_topic_name(topic)
         for message in messages:
             _check_headers(message.headers)
         self._conn()
@@ -377,8 +387,10 @@ class NatsBus(Bus):
     ) -> list[int]:
         """Publish in order, pipelined: send every message, then await every PubAck (so the
         call returns once all are stored); resolve expired dedupe keys."""
-        subject = _subject(topic)
-        stream = _stream(topic)
+        names = self._names.get(topic)
+        if names is None:
+            names = self._names[topic] = (_subject(topic), _stream(topic))
+        subject, stream = names
 
         def headers_of(i: int, m: OutgoingMessage, msg_id: str | None) -> dict[str, str]:
             h = dict(m.headers or {})
