@@ -118,13 +118,11 @@ def up(
         from sampan.workers import Supervisor
 
         extra = [f"--log-level={log_level}"]
-        if run_for is not None:
-            extra.append(f"--run-for={run_for}")
         if admin_port is not None:
             extra.append(f"--admin-port={admin_port}")
         if port is not None:
             extra.append(f"--port={port}")
-        raise typer.Exit(Supervisor(file, count, extra).run())
+        raise typer.Exit(Supervisor(file, count, extra, run_for).run())
     node = Node(config, admin_port=admin_port, gateway_port=port, config_path=file)
     uvloop.run(node.run(run_for))
 

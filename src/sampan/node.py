@@ -100,6 +100,7 @@ class Node:
                 poll_interval=bus_config.poll_interval,
             ),
             self.metrics,
+            lease=bus_config.lease,
         )
         self.store: StateStore | None = (
             open_store(config.store.url, data_dir) if config.flows else None

@@ -22,8 +22,11 @@ STABLE_AFTER = 60.0
 
 
 class Supervisor:
-    def __init__(self, config: Path, workers: int, extra_args: list[str]) -> None:
+    def __init__(
+        self, config: Path, workers: int, extra_args: list[str], run_for: float | None = None
+    ) -> None:
         self.config = config
+        self.run_for = run_for
         self.workers = workers
         self.extra_args = extra_args
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
@@ -63,7 +66,13 @@ class Supervisor:
         for index in range(self.workers):
             self._spawn(index)
         log.info("supervising %d workers", self.workers)
+        # --run-for is timed here, not in each worker: workers that started a few hundred ms
+        # apart would otherwise close their listeners at different moments, and a client
+        # with a keep-alive connection to the first one would see it close under it.
+        stop_at = None if self.run_for is None else time.monotonic() + self.run_for
         while True:
+            if stop_at is not None and not self.stopping and time.monotonic() >= stop_at:
+                self._forward(signal.SIGTERM, None)
             alive = False
             for index, process in list(self.processes.items()):
                 code = process.poll()

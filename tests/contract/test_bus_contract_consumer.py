@@ -259,3 +259,27 @@ async def test_subscribe_runs_a_consumer_that_records_into_the_bus_metrics(
     assert f'sampan_requests_total{{kind="group",name="{topic}/{group}"}} 3\n' in (
         metrics.render().decode()
     )
+
+
+async def test_a_cancelled_error_from_inside_a_handler_is_a_failure_not_a_stop(
+    bus: Bus, topic: str, group: str
+) -> None:
+    """Handler code that lets a CancelledError out (an inner call somebody cancelled) fails
+    its message, which is retried; the worker lives on (one worker here: the rest would
+    stall if it ended)."""
+    await bus.publish_batch(topic, [OutgoingMessage(b"%d" % i, key=f"k{i}") for i in range(3)])
+    attempts: list[tuple[bytes, int]] = []
+
+    async def handler(d: Delivery) -> None:
+        attempts.append((d.value, d.attempt))
+        if d.value == b"0" and d.attempt == 1:
+            raise asyncio.CancelledError()
+
+    consumer = Consumer(bus, topic, group, handler, options(concurrency=1))
+    await consumer.start()
+    try:
+        await wait_until(lambda: len(attempts) >= 4, within=5, message="a retry and the rest")
+    finally:
+        await consumer.stop(grace=2)
+    assert sorted(attempts) == [(b"0", 1), (b"0", 2), (b"1", 1), (b"2", 1)]
+    assert await bus.lag(topic, group) == 0

@@ -95,7 +95,7 @@ class Consumer:
         self._room.set()
         self._workers = [
             asyncio.create_task(self._work(), name=f"consume:{self.topic}/{self.group}:{i}")
-            for i in range(self.options.concurrency)
+            for i in range(self._worker_count())
         ]
         self._tasks = [
             asyncio.create_task(self._fetch_loop(), name=f"fetch:{self.topic}/{self.group}"),
@@ -124,13 +124,9 @@ class Consumer:
         for d in unstarted:
             self._held.pop(d.offset, None)
         self._hand_out([_STOP] * len(self._workers))
-        _, still_running = (
-            await asyncio.wait(self._workers, timeout=grace) if self._workers else (set(), set())
-        )
-        for task in still_running:
-            task.cancel()
-        if still_running:
-            await asyncio.gather(*still_running, return_exceptions=True)
+        deadline = time.monotonic() + grace
+        await _finish_or_cancel(self._workers, grace)
+        await self._finish_stragglers(deadline)
         # Under the lock: an ack already on its way finishes before the loop is cancelled.
         await self._flush_acks()
         for task in self._tasks[1:]:
@@ -141,6 +137,12 @@ class Consumer:
         if unstarted:
             with contextlib.suppress(Exception):
                 await self.bus.release(unstarted)
+
+    def _worker_count(self) -> int:
+        return self.options.concurrency
+
+    async def _finish_stragglers(self, deadline: float) -> None:
+        """Work still running once the workers have stopped (none here; see BatchConsumer)."""
 
     # -- fetching -----------------------------------------------------------------------------
 
@@ -221,8 +223,11 @@ class Consumer:
             started = clock()
             try:
                 await handler(d)
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if _stopping():
+                    raise
+                observe(clock() - started, error=True)
+                await self._failed(d, _cancelled_inside(exc))
             except Exception as exc:
                 observe(clock() - started, error=True)
                 await self._failed(d, exc)
@@ -301,6 +306,29 @@ class Consumer:
             for d in old:
                 if d.offset in self._held:
                     self._held[d.offset] = (d, now)
+
+
+def _stopping() -> bool:
+    """Whether this task itself is being cancelled (a stop). A CancelledError from handler
+    code that nobody asked this task for (an inner call that was cancelled) is a failure of
+    that message: re-raised, it would end a worker and leave the message held."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _cancelled_inside(exc: asyncio.CancelledError) -> Exception:
+    return RuntimeError(f"the handler was cancelled from inside: {exc!r}")
+
+
+async def _finish_or_cancel(tasks: list[asyncio.Task[None]], seconds: float) -> None:
+    """Wait up to ``seconds`` for the tasks, then cancel what still runs."""
+    if not tasks:
+        return
+    _, still_running = await asyncio.wait(tasks, timeout=max(seconds, 0.0))
+    for task in still_running:
+        task.cancel()
+    if still_running:
+        await asyncio.gather(*still_running, return_exceptions=True)
 
 
 _STOP = Delivery("", "", -1, None, b"", {}, 0.0, 0)

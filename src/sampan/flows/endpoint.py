@@ -72,6 +72,12 @@ class Sink(abc.ABC):
     async def send(self, message: FlowMessage) -> None:
         """Deliver one message; raise if the destination does not have it."""
 
+    def send_now(self, message: FlowMessage, label: str) -> bool:
+        """Take the message without waiting, if this sink can (a topic sink queues it in
+        its batch's outbox, see `sampan.flows.outbox`; ``label`` names the step in the error
+        if the bus refuses it there); False: call `send`."""
+        return False
+
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 PartT = TypeVar("PartT", Source, Sink)

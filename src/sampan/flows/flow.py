@@ -10,13 +10,15 @@ finishes or hands back in-flight messages.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
 
 from sampan.bus.base import Delivery, OutgoingMessage, StartPosition
-from sampan.bus.consumer import Consumer, ConsumerOptions
+from sampan.bus.batch_consumer import BatchConsumer, BatchOutcome
+from sampan.bus.consumer import ConsumerOptions
 from sampan.bus.retry import RetryPolicy
 from sampan.flows.builder import FlowBuilder
 from sampan.flows.config import FlowConfig
@@ -26,8 +28,10 @@ from sampan.flows.endpoints.topic import TopicSourceConfig
 from sampan.flows.expressions import evaluator
 from sampan.flows.kinds import source_kinds
 from sampan.flows.message import FlowMessage
+from sampan.flows.outbox import Outbox
 from sampan.flows.pipeline import Pipeline
 from sampan.flows.service_caller import ServiceCaller
+from sampan.flows.step import Later
 from sampan.flows.steps.headers import header_text
 
 log = logging.getLogger("sampan.flows")
@@ -71,7 +75,7 @@ class Flow:
             retry=retry,
             start=start,
         )
-        self.consumer: Consumer | None = None
+        self.consumer: BatchConsumer | None = None
         self._quartet = ctx.metrics.target("flow", config.name)
 
     @staticmethod
@@ -87,8 +91,8 @@ class Flow:
 
     async def start(self) -> None:
         await self.pipeline.start()
-        self.consumer = Consumer(
-            self.ctx.bus, self.topic, self.group, self.handle, self._options, self.ctx.metrics
+        self.consumer = BatchConsumer(
+            self.ctx.bus, self.topic, self.group, self.handle_batch, self._options, self.ctx.metrics
         )
         await self.consumer.start()
         if self.source is not None:
@@ -103,16 +107,60 @@ class Flow:
             await self.consumer.stop(grace)
         await self.pipeline.stop()
 
-    async def handle(self, delivery: Delivery) -> None:
-        message = FlowMessage(
-            raw=delivery.value,
-            headers=dict(delivery.headers),
-            key=delivery.key,
-            origin=f"{delivery.topic}@{delivery.offset}",
-        )
+    async def handle_batch(self, deliveries: list[Delivery]) -> list[BatchOutcome]:
+        """Run the messages' steps one after the other, each as far as it gets without
+        waiting (most get to the end: see `Step.process_now`), then publish their topic
+        outputs together; messages that had to wait go on concurrently, each in its own
+        task, and are settled when they end."""
+        outbox = Outbox()
+        outcomes: list[BatchOutcome] = [None] * len(deliveries)
+        waiting: list[tuple[int, asyncio.Task[list[FlowMessage]]]] = []
+        run_now = self.pipeline.run_now
         started = time.perf_counter()
+        for index, delivery in enumerate(deliveries):
+            message = FlowMessage(
+                raw=delivery.value,
+                headers=dict(delivery.headers),
+                key=delivery.key,
+                origin=f"{delivery.topic}@{delivery.offset}",
+            )
+            message.outbox = (outbox, index)
+            try:
+                progress = run_now([message])
+            except Exception as exc:
+                outcomes[index] = exc
+                continue
+            if isinstance(progress, Later):  # it has to wait: the rest runs in its own task
+                waiting.append((index, asyncio.ensure_future(progress.finish())))
+        outbox.close()
         try:
-            await self.pipeline.run([message])
+            errors = await outbox.flush(self.ctx.bus)
+        except BaseException:
+            # Stopping (or a bus gone wrong): the batch's deliveries are handed back, so the
+            # messages still waiting must not run on beside their redelivery.
+            for _, task in waiting:
+                task.cancel()
+            raise
+        for index, error in errors.items():
+            if outcomes[index] is None:
+                outcomes[index] = error
+        elapsed = time.perf_counter() - started
+        observe = self._quartet.observe
+        later = {index for index, _ in waiting}  # observed when they end (_settle_waiting)
+        for index, outcome in enumerate(outcomes):
+            if index not in later:
+                observe(elapsed, error=outcome is not None)
+        for index, task in waiting:
+            outcomes[index] = self._settle_waiting(task, outcomes[index], started)
+        return outcomes
+
+    async def _settle_waiting(
+        self, task: asyncio.Task[list[FlowMessage]], flush_error: BatchOutcome, started: float
+    ) -> None:
+        try:
+            await task
+            if isinstance(flush_error, BaseException):
+                raise flush_error  # an output it made before waiting was not published
         except BaseException:
             self._quartet.observe(time.perf_counter() - started, error=True)
             raise

@@ -7,11 +7,14 @@ for JSON.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from sampan.stored_json import dumps_kept
+
+if TYPE_CHECKING:
+    from sampan.flows.outbox import Outbox
 
 _UNDECODED: Any = object()
 
@@ -40,7 +43,7 @@ def encode_payload(data: Any) -> bytes:
 class FlowMessage:
     """Payload (``data``), headers, key, and where it came from (``origin``, for errors)."""
 
-    __slots__ = ("_data", "_raw", "headers", "key", "origin")
+    __slots__ = ("_data", "_raw", "headers", "key", "origin", "outbox")
 
     def __init__(
         self,
@@ -58,6 +61,9 @@ class FlowMessage:
         self.headers = headers if headers is not None else {}
         self.key = key
         self.origin = origin
+        self.outbox: tuple[Outbox, int] | None = None
+        """Where its topic outputs go while its batch runs (see `sampan.flows.outbox`):
+        the outbox and the index of the delivery it came from."""
 
     @property
     def data(self) -> Any:
@@ -88,6 +94,7 @@ class FlowMessage:
             clone = FlowMessage(data, headers=dict(self.headers))
         clone.key = self.key
         clone.origin = self.origin
+        clone.outbox = self.outbox
         return clone
 
     def context(self) -> dict[str, Any]:

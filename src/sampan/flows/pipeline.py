@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from functools import partial
 from typing import NoReturn
 
 from sampan.bus.retry import Unretryable
@@ -12,7 +13,7 @@ from sampan.flows.endpoint import Sink
 from sampan.flows.errors import StepFailed, UnretryableStepFailed, step_failure
 from sampan.flows.message import FlowMessage
 from sampan.flows.spec import OnErrorConfig
-from sampan.flows.step import Resume, Step, StepRunner
+from sampan.flows.step import Later, Resume, Step, StepRunner
 from sampan.observe.metrics import Counter
 
 log = logging.getLogger("sampan.flows")
@@ -108,6 +109,10 @@ class Pipeline(StepRunner):
 
     def resume_after(self, index: int) -> Resume:
         async def resume(messages: list[FlowMessage]) -> None:
+            for message in messages:
+                # The stateful step forgets its state once this returns: outputs must be
+                # durable by then, not waiting in the batch's outbox.
+                message.outbox = None
             out = await self._run_from(index + 1, messages)
             if out:
                 await self._tail(out)
@@ -116,6 +121,44 @@ class Pipeline(StepRunner):
 
     async def run(self, messages: list[FlowMessage]) -> list[FlowMessage]:
         return await self._run_from(0, messages)
+
+    def run_now(self, messages: list[FlowMessage]) -> list[FlowMessage] | Later:
+        steps = self.steps
+        for index in range(len(steps)):
+            if not messages:
+                return messages
+            guarded = steps[index]
+            if not guarded.unguarded:  # on_error may retry after a pause: always async
+                return Later(partial(self._run_from, index, messages))
+            now = guarded.step.process_now
+            out: list[FlowMessage] = []
+            for position, message in enumerate(messages):
+                try:
+                    result = now(message)
+                except Exception as exc:
+                    guarded.failed(exc)
+                if isinstance(result, Later):
+                    rest = messages[position + 1 :]
+                    return Later(partial(self._finish_step, index, result, out, rest))
+                if len(messages) == 1:
+                    out = result
+                else:
+                    out.extend(result)
+            messages = out
+        return messages
+
+    async def _finish_step(
+        self, index: int, later: Later, out: list[FlowMessage], rest: list[FlowMessage]
+    ) -> list[FlowMessage]:
+        """The async rest of a `run_now` that stopped in step ``index``."""
+        guarded = self.steps[index]
+        try:
+            out = out + await later.finish()
+            for message in rest:
+                out.extend(await guarded.step.process(message))
+        except Exception as exc:
+            guarded.failed(exc)
+        return await self._run_from(index + 1, out)
 
     async def _run_from(self, start: int, messages: list[FlowMessage]) -> list[FlowMessage]:
         steps = self.steps

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -26,11 +27,28 @@ if TYPE_CHECKING:
 Resume = Callable[[list[FlowMessage]], Awaitable[None]]
 
 
+class Later:
+    """What is left of a step's (or a pipeline's) work once it has to wait: ``finish()``
+    does it and returns what goes on."""
+
+    __slots__ = ("finish",)
+
+    def __init__(self, finish: Callable[[], Awaitable[list[FlowMessage]]]) -> None:
+        self.finish = finish
+
+
 class Step(abc.ABC):
     label: str = ""
 
     @abc.abstractmethod
     async def process(self, message: FlowMessage) -> list[FlowMessage]: ...
+
+    def process_now(self, message: FlowMessage) -> list[FlowMessage] | Later:
+        """`process` without a coroutine, for steps that can often finish without waiting
+        (validation, transforms, routing, a cached lookup, an output into the batch's
+        outbox): most messages of a flow then run every step as plain calls. A step that
+        would have to wait returns a `Later` before it has done anything."""
+        return Later(partial(self.process, message))
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Start background work (timeouts); most steps have none."""
@@ -45,6 +63,10 @@ class StepRunner(abc.ABC):
     @abc.abstractmethod
     async def run(self, messages: list[FlowMessage]) -> list[FlowMessage]:
         """Run the steps; returns what comes out of the last one."""
+
+    @abc.abstractmethod
+    def run_now(self, messages: list[FlowMessage]) -> list[FlowMessage] | Later:
+        """`run` as far as it gets without waiting (see `Step.process_now`)."""
 
     @abc.abstractmethod
     async def start(self) -> None: ...

@@ -729,7 +729,7 @@ class ConnectionPool:
             close=close,
             is_head=method == "HEAD",
             expect_upgrade=False,
-            may_resend=method in IDEMPOTENT_METHODS,
+            may_resend=_may_resend(method, headers),
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             write_timeout=write_timeout,
@@ -931,6 +931,12 @@ class ConnectionPool:
 # The upstream may have acted on a request before the connection reset; only methods that
 # are safe to repeat are resent (RFC 9110 9.2.2; nginx's proxy_next_upstream default).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def _may_resend(method: str, headers: Headers) -> bool:
+    """Idempotent methods may go out twice; so may any request with an Idempotency-Key,
+    since the key is the sender's promise that the upstream deduplicates it."""
+    return method in IDEMPOTENT_METHODS or b"idempotency-key" in headers
 
 
 def _replayable(body: Body | None) -> bool:

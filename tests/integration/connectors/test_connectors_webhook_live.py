@@ -25,6 +25,7 @@ from sampan.gateway.plugins.webhook_signature import (
 from sampan.http.body import BytesBody
 from sampan.http.headers import Headers
 from sampan.http.request import Request
+from sampan.http.upstream_body import UpstreamError
 from sampan.observe.metrics import Metrics
 
 SECRET = "integration-test-shared-secret"
@@ -170,6 +171,7 @@ async def test_unsigned_and_unreachable(ctx, server: Server) -> None:
     await unsigned.stop()
     nowhere = make_sink(ctx, 1, timeout="1s")
     await nowhere.start()
-    with pytest.raises(Exception):  # noqa: B017 - httpx's connect error, whatever its class
+    with pytest.raises(UpstreamError) as refused:
         await nowhere.send(FlowMessage({"a": 1}))
+    assert refused.value.kind == "connect"
     await nowhere.stop()

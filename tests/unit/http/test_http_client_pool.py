@@ -246,7 +246,7 @@ async def test_header_injection_is_refused() -> None:
 
 
 async def _stale_pair(
-    body_factory: object, method: str = "PUT"
+    body_factory: object, method: str = "PUT", headers: Headers | None = None
 ) -> tuple[int, int, dict[str, int], list[SeenRequest]]:
     """An upstream that answers once then closes the connection *without* telling us
     (keep-alive promised), so the pooled connection is stale on the next request."""
@@ -274,7 +274,9 @@ async def _stale_pair(
             close_next.set()
             body = body_factory() if callable(body_factory) else None
             try:
-                resp = await pool.request(ep(up.port), method, b"/", Headers(), body, **T)
+                resp = await pool.request(
+                    ep(up.port), method, b"/", headers or Headers(), body, **T
+                )
                 status = resp.status
             except UpstreamError as exc:
                 status = -1 if exc.kind == "reset" else -2
@@ -297,6 +299,19 @@ async def test_stale_connection_is_not_retried_for_a_non_idempotent_method() -> 
     assert status == -1  # UpstreamError(kind="reset"), surfaced to the caller (502)
     assert connections == 1
     assert stats["retried"] == 0
+
+
+async def test_stale_connection_is_retried_for_a_post_with_an_idempotency_key() -> None:
+    """The key is the sender's promise that a second copy is harmless (the gateway's
+    idempotency plugin, for one, answers it from its store)."""
+    key = Headers([(b"idempotency-key", b"DH00000042")])
+    status, connections, stats, seen = await _stale_pair(lambda: BytesBody(b"again"), "POST", key)
+    assert status == 200
+    assert connections == 2
+    assert stats["retried"] == 1
+    resent = seen[-1]  # what the fresh connection received: the same POST, key and body
+    assert (resent.method, resent.body) == ("POST", b"again")
+    assert resent.header(b"idempotency-key") == b"DH00000042"
 
 
 async def test_stale_connection_with_streamed_body_is_not_retried() -> None:

@@ -63,22 +63,36 @@ class TopicSink(Sink):
         self._delay = config.delay
 
     async def send(self, message: FlowMessage) -> None:
+        topic, output = self._output(message)
+        await self._publisher.publish(topic, output)
+
+    def send_now(self, message: FlowMessage, label: str) -> bool:
+        batch = message.outbox
+        if batch is None or batch[0].closed:
+            return False
+        # Its own headers: the message runs on (a later step may change them) before the
+        # batch is published.
+        topic, output = self._output(message, own_headers=True)
+        batch[0].add(batch[1], topic, output, label)  # published with its batch, before the ack
+        return True
+
+    def _output(
+        self, message: FlowMessage, own_headers: bool = False
+    ) -> tuple[str, OutgoingMessage]:
         topic = self._fixed or self._topic(message)
         key = message.key
         if self._key is not None:
             value = self._key(message)
             key = None if value is None else header_text(value)
         headers = message.headers
-        if self._headers:
+        if self._headers or own_headers:
             headers = dict(headers)
             for name, value_of in self._headers:
                 value = value_of(message)
                 if value is not None:
                     headers[name] = header_text(value)
         deliver_at = time.time() + self._delay if self._delay else None
-        await self._publisher.publish(
-            topic, OutgoingMessage(message.body(), key, headers, deliver_at)
-        )
+        return topic, OutgoingMessage(message.body(), key, headers, deliver_at)
 
     async def stop(self) -> None:
         await self._publisher.close()

@@ -11,7 +11,7 @@ from sampan.flows.expressions import Expression, predicate
 from sampan.flows.message import FlowMessage
 from sampan.flows.options import Options
 from sampan.flows.spec import StepSpec
-from sampan.flows.step import BuildContext, Step, StepKind, StepRunner
+from sampan.flows.step import BuildContext, Later, Step, StepKind, StepRunner
 
 
 class ChoiceBranch(BaseModel):
@@ -68,6 +68,12 @@ class ChoiceStep(Step):
         for test, runner in self._branches:
             if test is None or test(message):
                 return await runner.run([message])
+        return [message]
+
+    def process_now(self, message: FlowMessage) -> list[FlowMessage] | Later:
+        for test, runner in self._branches:
+            if test is None or test(message):
+                return runner.run_now([message])
         return [message]
 
 

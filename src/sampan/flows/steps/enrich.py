@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -18,7 +19,7 @@ from sampan.flows.expressions import BraceTemplate, Expression, brace_renderer, 
 from sampan.flows.message import FlowMessage, decode_payload
 from sampan.flows.options import Options
 from sampan.flows.service_caller import ServiceUnavailable
-from sampan.flows.step import BuildContext, Step, StepKind
+from sampan.flows.step import BuildContext, Later, Step, StepKind
 from sampan.flows.ttl_cache import TtlCache
 from sampan.units import Duration
 
@@ -107,20 +108,45 @@ class EnrichStep(Step):
         if self._loader is not None:
             await self._loader.stop()
 
+    def process_now(self, message: FlowMessage) -> list[FlowMessage] | Later:
+        """A cache hit needs no waiting."""
+        cache = self._cache
+        if cache is not None:
+            payload = self._payload(message)
+            lookup = self._lookup(message)
+            found, value = cache.get(lookup)
+            if found:
+                return self._merge(message, payload, lookup, value)
+        return Later(partial(self.process, message))
+
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
+        payload = self._payload(message)
+        lookup = self._lookup(message)
+        if self._options.service is not None:
+            value = await self._cached(lookup, lambda: self._ask_service(lookup, message))
+        else:
+            value = await self._cached(lookup, lambda: self._read_table(lookup))
+        return self._merge(message, payload, lookup, value)
+
+    def _payload(self, message: FlowMessage) -> dict[str, Any]:
         payload = message.data
         if not isinstance(payload, dict):
             raise InvalidMessage(f"cannot enrich into {self._into!r}: the payload is no object")
+        return payload
+
+    def _lookup(self, message: FlowMessage) -> str:
+        """The service path, or the table key, to look up (also the cache key)."""
         if self._options.service is not None:
-            lookup = self._path(message)
-            value = await self._cached(lookup, lambda: self._ask_service(lookup, message))
-        else:
-            assert self._key is not None
-            key = self._key(message)
-            if key is None:
-                raise InvalidMessage("the table key expression gave null")
-            lookup = key if isinstance(key, str) else orjson.dumps(key).decode()
-            value = await self._cached(lookup, lambda: self._read_table(lookup))
+            return self._path(message)
+        assert self._key is not None
+        key = self._key(message)
+        if key is None:
+            raise InvalidMessage("the table key expression gave null")
+        return key if isinstance(key, str) else orjson.dumps(key).decode()
+
+    def _merge(
+        self, message: FlowMessage, payload: dict[str, Any], lookup: str, value: Any
+    ) -> list[FlowMessage]:
         if value is _ABSENT:
             if self._options.missing == "drop":
                 return []

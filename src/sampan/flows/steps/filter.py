@@ -25,6 +25,9 @@ class FilterStep(Step):
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
         return [message] if self._test(message) else []
 
+    def process_now(self, message: FlowMessage) -> list[FlowMessage]:
+        return [message] if self._test(message) else []
+
 
 KIND = StepKind(
     "filter",

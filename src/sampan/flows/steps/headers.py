@@ -32,6 +32,9 @@ class SetHeadersStep(Step):
         ]
 
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
+        return self.process_now(message)
+
+    def process_now(self, message: FlowMessage) -> list[FlowMessage]:
         for name, value_of in self._values:
             value = value_of(message)
             if value is None:
@@ -52,6 +55,9 @@ class RemoveHeadersStep(Step):
         self._names = [name.lower() for name in options.names]
 
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
+        return self.process_now(message)
+
+    def process_now(self, message: FlowMessage) -> list[FlowMessage]:
         for name in self._names:
             message.headers.pop(name, None)
         return [message]

@@ -29,6 +29,9 @@ class LogStep(Step):
         self._log = logging.getLogger(f"sampan.flow.{ctx.endpoint.flow}")
 
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
+        return self.process_now(message)
+
+    def process_now(self, message: FlowMessage) -> list[FlowMessage]:
         if self._log.isEnabledFor(self._level):
             self._log.log(self._level, "%s", self._render(message))
         return [message]

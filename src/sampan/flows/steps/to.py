@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from pydantic import RootModel
 
 from sampan.flows.message import FlowMessage
 from sampan.flows.spec import SinkSpec
-from sampan.flows.step import BuildContext, Step, StepKind
+from sampan.flows.step import BuildContext, Later, Step, StepKind
 
 
 class ToOptions(RootModel[SinkSpec]):
@@ -27,6 +29,11 @@ class ToStep(Step):
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
         await self.sink.send(message)
         return [message]
+
+    def process_now(self, message: FlowMessage) -> list[FlowMessage] | Later:
+        if self.sink.send_now(message, self.label):
+            return [message]
+        return Later(partial(self.process, message))
 
 
 KIND = StepKind(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -12,7 +13,7 @@ from sampan.config_types import ImportPath
 from sampan.flows.expressions import Expression, Template, evaluator, renderer
 from sampan.flows.message import FlowMessage, decode_payload
 from sampan.flows.options import Options
-from sampan.flows.step import BuildContext, Step, StepKind
+from sampan.flows.step import BuildContext, Later, Step, StepKind
 from sampan.python_target import load_target
 
 
@@ -51,6 +52,12 @@ class TransformStep(Step):
             assert options.python is not None
             self._function = load_target(options.python)
             self._make = lambda message: None
+
+    def process_now(self, message: FlowMessage) -> list[FlowMessage] | Later:
+        if self._function is not None:  # user code may be async: the general path
+            return Later(partial(self.process, message))
+        message.data = self._make(message)
+        return [message]
 
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
         if self._function is not None:

@@ -69,6 +69,9 @@ class ValidateStep(Step):
         self._schema = Path(options.schema_file).name
 
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
+        return self.process_now(message)
+
+    def process_now(self, message: FlowMessage) -> list[FlowMessage]:
         try:
             self._check(message.data)
         except fastjsonschema.JsonSchemaValueException as exc:

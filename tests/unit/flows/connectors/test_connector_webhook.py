@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from sampan.flows.connectors.webhook import sign
+from sampan.flows.connectors.webhook import WebhookConfig, parse_webhook_url, sign
 from sampan.gateway.plugins.base import PluginEnvironment
 from sampan.gateway.plugins.webhook_signature import (
     WebhookSignatureOptions,
@@ -146,3 +146,38 @@ def test_timestamps(value: int) -> None:
     assert parse_timestamp(b" %d " % value) == value
     assert parse_timestamp(b"-%d" % value) is None
     assert parse_timestamp(b"%d.5" % value) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "tls", "target"),
+    [
+        ("http://127.0.0.1:8080/hooks/n", "127.0.0.1", 8080, False, b"/hooks/n"),
+        (
+            "https://hooks.example.vn/a?token=x&b=1",
+            "hooks.example.vn",
+            443,
+            True,
+            b"/a?token=x&b=1",
+        ),
+        ("http://[::1]/", "::1", 80, False, b"/"),
+        ("http://example.vn", "example.vn", 80, False, b"/"),
+        ("https://example.vn/đơn-hàng", "example.vn", 443, True, b"/%C4%91%C6%A1n-h%C3%A0ng"),
+        ("https://example.vn/a%20b", "example.vn", 443, True, b"/a%20b"),
+    ],
+)
+def test_webhook_url_gives_the_endpoint_and_the_request_target(
+    url: str, host: str, port: int, tls: bool, target: bytes
+) -> None:
+    endpoint, got = parse_webhook_url(url)
+    assert (endpoint.host, endpoint.port, endpoint.tls, got) == (host, port, tls, target)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://example.vn/x", "http:///nohost", "https://user:pw@example.vn/", "http://a.vn:99999/"],
+)
+def test_webhook_url_refusals(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_webhook_url(url)
+    with pytest.raises(ValidationError):
+        WebhookConfig.model_validate({"webhook": url})
