@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import logging
 import signal
@@ -230,6 +231,10 @@ class Node:
         loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
         try:
             await self.start()
+            # What start-up loaded lives as long as the node: keep it out of every later
+            # collection (gen-2 passes over it paused the loop 10-12 ms at 10k msg/s).
+            gc.collect()
+            gc.freeze()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(run_for):
                     await self.stopping.wait()
