@@ -4,26 +4,29 @@ A PASSIVE checkpoint on its own thread copies committed pages back into the data
 publishes keep committing, so commits never pay for it. But on its own it never lets the WAL
 start over under steady load: SQLite rewinds the WAL only when a write begins with every
 frame already copied, and a checkpoint that runs while commits append frames always ends a
-few frames behind (at 10,000 msg/s the WAL grew by ~30 MB a second and never shrank). So
-once the WAL is past ``restart_frames``, the checkpointer follows its pass with short ones in
-quick succession: each copies only what the last one let through, until one ends with
-nothing left between two commits and the next commit writes the WAL from its start. The
-writer never waits for the checkpoints themselves. What the rewind costs is the fsync of the
-database pages the earlier passes copied (a pass that runs while commits append frames never
-syncs the database; the one that reaches the end of the WAL must), and the commits that share
-the disk with it stall meanwhile. Tried and measured: a RESTART checkpoint on the writer's
-thread (blocks commits ~25 ms), holding the writer for one last short pass (the same fsync,
-inside the hold). Flushing the database file ahead of the rewind from a descriptor of our own
-would shorten it, but closing such a descriptor drops every POSIX lock SQLite holds on the
-file in this process, so it is not done.
+few frames behind (at 10,000 msg/s the WAL grew by ~30 MB a second and never shrank).
+
+So once the WAL is past ``restart_frames``, the checkpointer makes one pass reach its end: it
+holds the writer between two transactions (``quiet``) for one short pass, and the next
+commit writes the WAL from its start. That pass must fsync every database page the earlier
+passes copied (they never sync: they end behind the WAL's end), which took 20-70 ms while
+commits waited. Hence the database file's pages are sent to disk as they are copied
+(``sync_file_range`` after every pass, which does not wait) and flushed once more before the
+hold, through a descriptor SQLite already has open on the file: opening one of our own and
+closing it would drop every POSIX lock SQLite holds on the file in this process. The hold
+is then ~1 ms (measured). Without Linux's /proc and sync_file_range the rewind still works,
+only with the longer hold.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import sqlite3
+import sys
 import threading
-import time
+from collections.abc import Callable
 
 log = logging.getLogger("sampan.bus.sqlite")
 
@@ -33,19 +36,16 @@ slows the commits' own fsyncs meanwhile; at 10k msg/s, checkpointing every secon
 every 0.25 s halved the p99 publish-to-handler latency (measured, alternating runs)."""
 
 RESTART_FRAMES = 65_536
-"""WAL frames (pages: ~256 MiB at 4 KiB) past which the checkpointer works to rewind it. The
-commit that starts the WAL over stalls (20-70 ms measured on a 2 vCPU VM with ext4), so this
-is a bound on disk use that sustained load reaches every few seconds at most (~7 s at 10,000
-1 KiB messages a second), not a size to keep the WAL at; at lighter loads the WAL starts over
-by itself after most checkpoints."""
+"""WAL frames (pages: ~256 MiB at 4 KiB) past which the checkpointer rewinds it: a bound on
+disk use that sustained load reaches every few seconds at most (~7 s at 10,000 1 KiB messages
+a second); at lighter loads the WAL starts over by itself after most checkpoints."""
 
-REWIND_PASSES = 200
-REWIND_PAUSE = 0.0002
-"""Seconds between the short passes: room for a commit to begin on a fully copied WAL."""
+SYNC_FILE_RANGE_WRITE = 2
 
 
 class Checkpointer:
-    """Runs PASSIVE checkpoints from its own connection and thread."""
+    """Runs PASSIVE checkpoints from its own connection and thread; the database thread holds
+    ``quiet`` while a transaction runs."""
 
     def __init__(
         self,
@@ -58,6 +58,7 @@ class Checkpointer:
         self.interval = interval
         self.restart_frames = restart_frames
         self.rewinds = 0
+        self.quiet = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sampan-wal:{path}", daemon=True)
 
@@ -75,13 +76,20 @@ class Checkpointer:
         conn.execute(f"PRAGMA journal_size_limit={self.restart_frames * 4096}")
 
     def _run(self) -> None:
+        others = _descriptors_of(self.path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA busy_timeout=1000")
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # opens the file
+            # This connection's own descriptor: it stays open exactly as long as we use it.
+            database = min(_descriptors_of(self.path) - others, default=None)
+            write_back = _write_back_starter() if database is not None else None
             while not self._stop.wait(self.interval):
                 frames = self._pass(conn)
+                if database is not None and write_back is not None:
+                    write_back(database)
                 if frames is not None and frames >= self.restart_frames:
-                    self._rewind(conn, frames)
+                    self._rewind(conn, database)
         finally:
             conn.close()
 
@@ -94,16 +102,53 @@ class Checkpointer:
             return None
         return int(frames)
 
-    def _rewind(self, conn: sqlite3.Connection, frames: int) -> None:
-        for _ in range(REWIND_PASSES):
-            if self._stop.is_set():
+    def _rewind(self, conn: sqlite3.Connection, database: int | None) -> None:
+        if database is not None:
+            try:
+                os.fdatasync(database)  # outside the hold: commits go on meanwhile
+            except OSError as exc:
+                log.debug("database flush before the rewind failed: %s", exc)
+        with self.quiet:
+            try:
+                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                log.debug("rewind skipped: %s", exc)
                 return
-            time.sleep(REWIND_PAUSE)
-            now = self._pass(conn)
-            if now is None:
-                return
-            if now < frames:  # a commit started the WAL over
-                self.rewinds += 1
-                return
-            frames = now
-        log.debug("WAL not rewound after %d passes (%d frames)", REWIND_PASSES, frames)
+        if not busy and frames == copied:  # the next commit starts the WAL over
+            self.rewinds += 1
+
+
+def _descriptors_of(path: str) -> set[int]:
+    """The descriptors this process has open on ``path`` (empty without /proc)."""
+    try:
+        wanted = os.stat(path)
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return set()
+    found: set[int] = set()
+    for name in names:
+        try:
+            info = os.fstat(int(name))
+        except (OSError, ValueError):
+            continue
+        if (info.st_dev, info.st_ino) == (wanted.st_dev, wanted.st_ino):
+            found.add(int(name))
+    return found
+
+
+def _write_back_starter() -> Callable[[int], None] | None:
+    """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``: start writing a file's dirty
+    pages without waiting for them (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+
+    def start(fd: int) -> None:
+        function(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
+
+    return start
