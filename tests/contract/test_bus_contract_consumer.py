@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
-from bus_contract_helpers import offsets, wait_until
+import pytest
+from bus_contract_helpers import fetch_until, offsets, wait_until
 
 from sampan.bus.base import Bus, Delivery, OutgoingMessage
+from sampan.bus.batch_consumer import BatchConsumer, BatchOutcome
 from sampan.bus.consumer import Consumer, ConsumerOptions
 from sampan.bus.retry import RetryPolicy, Unretryable
 from sampan.observe.metrics import Metrics
@@ -159,7 +162,11 @@ class SlowFetchBus:
         found = await self._inner.fetch(*args, **kwargs)
         if found:
             self.fetched.set()
-            await asyncio.sleep(self._delay)
+            try:
+                await asyncio.sleep(self._delay)
+            except asyncio.CancelledError:
+                await self._inner.release(found)  # as `Bus.fetch` promises when cancelled
+                raise
         return found
 
 
@@ -181,6 +188,70 @@ async def test_consumer_stop_during_a_fetch_does_not_strand_leases(
     again = await bus.fetch(topic, group, consumer="next", max_messages=10, lease_seconds=10)
     assert sorted(offsets(again) + handled) == published
     assert all(d.attempt == 1 for d in again)
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["consumer", "batch_consumer"])
+async def test_consumer_stop_does_not_wait_out_a_long_poll(
+    bus: Bus, topic: str, group: str, batched: bool
+) -> None:
+    """stop() with nothing in flight returns at once, not when the pending fetch's long
+    poll (``wait_seconds``) ends; the cancelled poll leased nothing."""
+    slow = options(wait_seconds=10.0)
+    consumer = (
+        BatchConsumer(bus, topic, group, _never_called_batch, slow)
+        if batched
+        else Consumer(bus, topic, group, _never_called, slow)
+    )
+    await consumer.start()
+    await asyncio.sleep(0.2)  # the fetch is waiting for messages
+    started = time.monotonic()
+    await consumer.stop(grace=2)
+    assert time.monotonic() - started < 0.5
+    offset = await bus.publish(topic, b"after the stop")
+    [d] = await fetch_until(bus, topic, group, consumer="next")
+    assert (d.offset, d.attempt) == (offset, 1)
+
+
+async def test_a_cancelled_fetch_leaves_nothing_leased(bus: Bus, topic: str, group: str) -> None:
+    """A fetch cancelled at any point (waiting, or while it leases) hands back what it took:
+    the next fetch gets every message, none counted as an attempt (what lets a consumer's
+    stop cancel its long poll)."""
+    await bus.create_group(topic, group)
+    published = await bus.publish_batch(
+        topic, [OutgoingMessage(f"m{i}".encode(), key=f"k{i}") for i in range(5)]
+    )
+    ended = turns = 0  # fetches that ended before their cancellation came; loop turns
+    while turns < 60 or ended < 3:  # every turn at first, then (on a slow machine) longer
+        assert turns < 100_000, "no fetch ended before its cancellation"
+        fetch = asyncio.create_task(
+            bus.fetch(
+                topic, group, consumer="c1", max_messages=10, lease_seconds=30.0, wait_seconds=5.0
+            )
+        )
+        for _ in range(turns):  # cancel it after this many turns of the event loop
+            await asyncio.sleep(0)
+        fetch.cancel()
+        try:
+            taken = await fetch
+        except asyncio.CancelledError:
+            taken = []
+        else:
+            ended += 1
+        got = taken + await fetch_until(
+            bus, topic, group, count=len(published) - len(taken), consumer="c2"
+        )
+        assert sorted(offsets(got)) == published, f"cancelled after {turns} turns"
+        assert all(d.attempt == 1 for d in got), f"cancelled after {turns} turns"
+        await bus.release(got)
+        turns = turns + 1 if turns < 60 else turns * 2
+
+
+async def _never_called(d: Delivery) -> None:
+    raise AssertionError(f"nothing was published, yet {d} was handled")
+
+
+async def _never_called_batch(batch: list[Delivery]) -> list[BatchOutcome]:
+    raise AssertionError(f"nothing was published, yet {batch} was handled")
 
 
 async def test_metrics_after_a_run(bus: Bus, topic: str, group: str, metrics: Metrics) -> None:

@@ -8,6 +8,8 @@ graceful stop — is written once and behaves the same on every backend.
 from __future__ import annotations
 
 import abc
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -17,6 +19,8 @@ from sampan.observe.metrics import Metrics
 
 if TYPE_CHECKING:
     from sampan.bus.consumer import Consumer, ConsumerOptions
+
+log = logging.getLogger("sampan.bus")
 
 StartPosition = Literal["earliest", "latest"]
 
@@ -205,7 +209,10 @@ class Bus(abc.ABC):
         lease_seconds: float,
         wait_seconds: float = 0.0,
     ) -> list[Delivery]:
-        """Lease up to ``max_messages``; waits up to ``wait_seconds`` when none is ready."""
+        """Lease up to ``max_messages``; waits up to ``wait_seconds`` when none is ready.
+
+        Cancelling a fetch (a consumer's stop ending its long poll) leases nothing: what
+        the cancelled call had already leased is released (see `take_leases`)."""
 
     async def subscribe(
         self,
@@ -268,6 +275,42 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def dlq_redrive(self, topic: str, *, offsets: Sequence[int] | None = None) -> int:
         """Send dead letters back to the group that failed them; returns how many."""
+
+
+async def take_leases(
+    take: Awaitable[list[Delivery]],
+    release: Callable[[list[Delivery]], Awaitable[None]],
+    handing_back: set[asyncio.Task[None]],
+) -> list[Delivery]:
+    """Run the part of a ``fetch`` that leases messages so that cancelling the fetch there
+    strands nothing: the take runs to its end, its leases are released (no attempt counted)
+    and the cancellation goes on. Cancelled while it waits, a fetch holds nothing anyway.
+    ``handing_back`` (the bus's own set) keeps a release that outlives a second cancellation
+    referenced until it ends."""
+    task = asyncio.ensure_future(take)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        handback = asyncio.ensure_future(_release_taken(task, release))
+        handing_back.add(handback)
+        handback.add_done_callback(handing_back.discard)
+        await asyncio.shield(handback)  # cancelled again: it finishes in the background
+        raise
+
+
+async def _release_taken(
+    task: asyncio.Future[list[Delivery]], release: Callable[[list[Delivery]], Awaitable[None]]
+) -> None:
+    try:
+        found = await task
+    except Exception:
+        return  # the fetch would have raised: it hands back nothing either way
+    if not found:
+        return
+    try:
+        await release(found)
+    except Exception:
+        log.exception("releasing the leases of a cancelled fetch failed; they will expire")
 
 
 def check_replay_position(offset: int | None, timestamp: float | None) -> None:

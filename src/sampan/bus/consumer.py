@@ -114,11 +114,15 @@ class Consumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await fetcher
         unstarted: list[Delivery] = []
-        if self._fetch is not None:
-            # The fetch may already hold leases the loop never saw: let it end, hand them back.
-            with contextlib.suppress(Exception):
-                unstarted.extend(await self._fetch)
-            self._fetch = None
+        fetch, self._fetch = self._fetch, None
+        if fetch is not None:
+            # A pending long poll would hold the stop for up to wait_seconds: cancel it (a
+            # cancelled fetch releases what it leased, see `Bus.fetch`). One that already
+            # ended holds leases the loop never saw: hand them back.
+            fetch.cancel()
+            await asyncio.wait([fetch])
+            if not fetch.cancelled() and fetch.exception() is None:
+                unstarted.extend(fetch.result())
         unstarted.extend(self._ready)
         self._ready.clear()
         for d in unstarted:

@@ -51,6 +51,7 @@ from sampan.bus.base import (
     TopicNotFound,
     check_replay_position,
     dlq_topic,
+    take_leases,
 )
 from sampan.bus.nats_replies import ReplyInbox
 from sampan.bus.retry import RetryPolicy
@@ -184,6 +185,7 @@ class NatsBus(Bus):
     def __init__(
         self, url: str, options: NatsBusOptions | None = None, metrics: Metrics | None = None
     ) -> None:
+        self._handing_back: set[asyncio.Task[None]] = set()  # see take_leases
         if not url.startswith(("nats://", "tls://")):
             raise BusError(f"not a NATS bus URL: {url!r} (expected nats://host:4222)")
         self.url = url
@@ -583,12 +585,11 @@ class NatsBus(Bus):
         batch = max(1, max_messages)
         pause = self.options.min_poll_interval
         while True:
-            async with state.lock:
-                await self._expire(state)
-                found = await self._take(state, max_messages, lease_seconds)
-                if not found:
-                    await self._pull(state, batch)
-                    found = await self._take(state, max_messages, lease_seconds)
+            found = await take_leases(
+                self._look(state, max_messages, lease_seconds, batch),
+                self.release,
+                self._handing_back,
+            )
             remaining = deadline - time.monotonic()
             if found or self._closed or remaining <= 0:
                 return found
@@ -597,6 +598,18 @@ class NatsBus(Bus):
             # brings after its fetch returned would sit here unseen by other processes.
             await asyncio.sleep(min(remaining, pause))
             pause = min(pause * 2, self.options.max_poll_interval)
+
+    async def _look(
+        self, state: _Group, max_messages: int, lease_seconds: float, batch: int
+    ) -> list[Delivery]:
+        """One look for messages (inside `take_leases`: a cancelled fetch lets it end)."""
+        async with state.lock:
+            await self._expire(state)
+            found = await self._take(state, max_messages, lease_seconds)
+            if not found:
+                await self._pull(state, batch)
+                found = await self._take(state, max_messages, lease_seconds)
+            return found
 
     async def _expire(self, state: _Group) -> None:
         """Leases past their deadline go back to JetStream (an attempt, as on the server)."""

@@ -14,6 +14,7 @@ parameters go to redis-py.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from sampan.bus.base import (
     TopicNotFound,
     check_replay_position,
     dlq_topic,
+    take_leases,
 )
 from sampan.bus.dead_letters import dead_letter_headers, read_dead_letter
 from sampan.bus.retry import RetryPolicy
@@ -115,6 +117,7 @@ class RedisBus(Bus):
     def __init__(
         self, url: str, options: RedisBusOptions | None = None, metrics: Metrics | None = None
     ) -> None:
+        self._handing_back: set[asyncio.Task[None]] = set()  # see take_leases
         self.url = url
         self.target = parse_redis_url(url)
         self.options = options or RedisBusOptions()
@@ -300,19 +303,29 @@ class RedisBus(Bus):
         deadline = time.monotonic() + wait_seconds
         while True:
             wakeup = self._wakeups.waiter(topic)
-            rows = await self._run(
-                "FETCH",
-                topic,
-                group,
-                consumer,
-                max_messages,
-                repr(float(lease_seconds)),
-                self.options.max_in_flight_per_group,
+            found = await take_leases(
+                self._fetch_once(topic, group, consumer, max_messages, lease_seconds),
+                self.release,
+                self._handing_back,
             )
             remaining = deadline - time.monotonic()
-            if rows or remaining <= 0 or self._closed:
-                return [self._delivery(topic, group, row) for row in rows]
+            if found or remaining <= 0 or self._closed:
+                return found
             await self._wakeups.wait(wakeup, min(remaining, self.options.poll_interval))
+
+    async def _fetch_once(
+        self, topic: str, group: str, consumer: str, max_messages: int, lease_seconds: float
+    ) -> list[Delivery]:
+        rows = await self._run(
+            "FETCH",
+            topic,
+            group,
+            consumer,
+            max_messages,
+            repr(float(lease_seconds)),
+            self.options.max_in_flight_per_group,
+        )
+        return [self._delivery(topic, group, row) for row in rows]
 
     @staticmethod
     def _delivery(topic: str, group: str, row: Sequence[Any]) -> Delivery:

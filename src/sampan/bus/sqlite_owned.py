@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
-from sampan.bus.base import Delivery, GroupInfo
+from sampan.bus.base import Delivery, GroupInfo, take_leases
 from sampan.bus.fast_delivery import new_delivery
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_schema import WAITING_FOR_KEY
@@ -56,6 +56,7 @@ class Caller(Protocol):
 
 class OwnedGroups:
     def __init__(self, call: Caller, owner: str, poll_interval: float, max_in_flight: int) -> None:
+        self._handing_back: set[asyncio.Task[None]] = set()  # see take_leases
         self._call = call
         self.owner = owner
         """This bus instance's name in ``groups.owner``."""
@@ -107,16 +108,36 @@ class OwnedGroups:
             lock = self._locks[key] = asyncio.Lock()
         while True:
             wakeup = self.wakeups.waiter(topic)
-            async with lock:  # one fetch per group at a time: reads never overlap
-                found = await self._fetch_once(
-                    topic, group, consumer, max_messages, lease_seconds, wait_seconds > 0
-                )
+            found = await take_leases(
+                self._fetch_locked(
+                    lock, topic, group, consumer, max_messages, lease_seconds, wait_seconds > 0
+                ),
+                self.release_all,
+                self._handing_back,
+            )
             remaining = deadline - time.monotonic()
             if found or remaining <= 0 or self.closed:
                 return found
             # In-process publishes and settles wake us at once; other processes' messages,
             # due retries and expired leases are looked for every poll_interval.
             await self.wakeups.wait(wakeup, min(remaining, self.poll_interval))
+
+    async def _fetch_locked(
+        self,
+        lock: asyncio.Lock,
+        topic: str,
+        group: str,
+        consumer: str,
+        max_messages: int,
+        lease_seconds: float,
+        background: bool,
+    ) -> list[Delivery]:
+        """One look, holding the group's lock (inside `take_leases`, which a cancelled fetch
+        waits for: a fetch that gave up never overlaps the next one's read)."""
+        async with lock:  # one fetch per group at a time: reads never overlap
+            return await self._fetch_once(
+                topic, group, consumer, max_messages, lease_seconds, background
+            )
 
     async def _fetch_once(
         self,
@@ -468,6 +489,15 @@ class OwnedGroups:
             await self._write_rows(win, written)
             self.wakeups.wake(win.topic)
         return rest
+
+    async def release_all(self, deliveries: Sequence[Delivery]) -> None:
+        """`release` of window leases and of rows alike (what ``SqliteBus.release`` does),
+        for the leases of a cancelled fetch."""
+        rest = await self.release(deliveries)
+        if rest:
+            topics = tuple({d.topic for d in rest})
+            await self._call(lambda s, now: s.release(rest, now), *topics)
+            self.rows_changed(rest)
 
     async def extend(self, deliveries: Sequence[Delivery], lease_seconds: float) -> list[Delivery]:
         """Renew window leases (and the ownership that covers them); returns the rest."""

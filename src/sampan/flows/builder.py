@@ -29,9 +29,11 @@ class FlowBuilder:
         self.services = services
         self._steps = step_kinds()
         self._sinks = sink_kinds()
-        self._errors = endpoint.metrics.counter(
+        self.step_errors = endpoint.metrics.counter(
             "sampan_flow_step_errors", "Step failures (before retries).", flow=endpoint.flow
         )
+        """Also counted by the flow for a ``to`` whose output its batch's outbox could not
+        publish (see `Flow.handle_batch`)."""
 
     def build_steps(self, specs: Sequence[StepSpec], prefix: str, tail: Resume) -> Pipeline:
         """``prefix`` locates the list (``""`` for the flow's own steps); ``tail`` runs after
@@ -55,7 +57,7 @@ class FlowBuilder:
                 if on_error is not None and on_error.to is not None
                 else None
             )
-            pipeline.add(GuardedStep(step, on_error, sink, self._errors), sink)
+            pipeline.add(GuardedStep(step, on_error, sink, self.step_errors), sink)
         return pipeline
 
     def build_sink(self, spec: SinkSpec, label: str) -> Sink:

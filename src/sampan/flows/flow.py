@@ -60,6 +60,7 @@ class Flow:
         self.name = config.name
         builder = FlowBuilder(ctx, services, replace_sink)
         self.pipeline: Pipeline = builder.build_steps(config.steps, "", _end)
+        self._step_errors = builder.step_errors
         self.topic, self.group, start = self._input(config, route_topics or {})
         self.source: Source | None = None
         ingress = config.ingress_topic()
@@ -141,12 +142,16 @@ class Flow:
             for _, task in waiting:
                 task.cancel()
             raise
+        later = {index for index, _ in waiting}  # observed when they end (_settle_waiting)
         for index, error in errors.items():
             if outcomes[index] is None:
                 outcomes[index] = error
+                if index not in later:
+                    # The `to` failed, as in its step: one step error (none if a later step
+                    # failed too, which counted it: one per failed attempt, as unbatched).
+                    self._step_errors.inc()
         elapsed = time.perf_counter() - started
         observe = self._quartet.observe
-        later = {index for index, _ in waiting}  # observed when they end (_settle_waiting)
         for index, outcome in enumerate(outcomes):
             if index not in later:
                 observe(elapsed, error=outcome is not None)
@@ -160,6 +165,7 @@ class Flow:
         try:
             await task
             if isinstance(flush_error, BaseException):
+                self._step_errors.inc()  # counted now: had the task failed, its step counted
                 raise flush_error  # an output it made before waiting was not published
         except BaseException:
             self._quartet.observe(time.perf_counter() - started, error=True)

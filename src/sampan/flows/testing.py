@@ -3,7 +3,9 @@
 A test file names a config and lists cases: messages to put on the flows' inputs, answers
 of the services the flows call, and what must come out (messages on topics, calls to
 services, messages sent to connector sinks, dead letters). Each case runs the real flows on
-an in-memory bus and store, with retries sped up, until nothing is left in flight.
+an in-memory bus and store, with retries sped up, until nothing is left in flight and what
+the case expects has come out (stateful steps release some outputs on a timer), or until the
+case's ``timeout``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sampan.flows.endpoint import Sink
 from sampan.flows.fixture_services import FixtureAnswer, FixtureServiceCaller
 from sampan.flows.message import FlowMessage, decode_payload
 from sampan.flows.service import FlowService
+from sampan.flows.spec import StepSpec
 from sampan.observe.metrics import Metrics
 from sampan.store.factory import open_store
 from sampan.units import Duration
@@ -165,7 +168,16 @@ async def run_case(config: SampanConfig, config_path: Path, case: FlowTestCase) 
                 message.text.encode() if message.text is not None else orjson.dumps(message.data)
             )
             await bus.publish(topic, value, key=message.key, headers=message.headers)
+        deadline = time.monotonic() + case.timeout
         await _settle(bus, service, case.timeout)
+        # Stateful steps release some outputs on a timer (an aggregate's or a gap's timeout),
+        # after the flows settled: wait for what the case expects, as long as a timer may take.
+        timers = min(time.monotonic() + _longest_timer(flows), deadline)
+        while time.monotonic() < timers:
+            if await _all_arrived(bus, service, caller, recorded, case):
+                await _settle(bus, service, max(deadline - time.monotonic(), 0.1))
+                break
+            await asyncio.sleep(0.05)
         await service.stop(1.0)
         for name, expected in case.expect.items():
             actual = await _actual(bus, service, caller, recorded, name)
@@ -197,6 +209,49 @@ async def _settle(bus: Bus, service: FlowService, within: float) -> None:
             return
         await asyncio.sleep(0.05)
     raise TimeoutError(f"flows still busy after {within:.1f}s")
+
+
+def _longest_timer(value: Any) -> float:
+    """The longest ``timeout`` among the steps (nested ones too), plus the sweep that
+    notices it (every quarter of it, at most a second): how long after the flows settled a
+    step may still release an output."""
+    if isinstance(value, StepSpec):
+        longest = _longest_timer(value.options)
+        timeout = getattr(value.options, "timeout", None)
+        if isinstance(timeout, int | float) and timeout > 0:
+            longest = max(longest, timeout + min(1.0, timeout / 4))
+        return longest
+    if isinstance(value, BaseModel):
+        return max((_longest_timer(v) for v in value.__dict__.values()), default=0.0)
+    if isinstance(value, list | tuple):
+        return max((_longest_timer(v) for v in value), default=0.0)
+    return 0.0
+
+
+async def _all_arrived(
+    bus: Bus,
+    service: FlowService,
+    caller: FixtureServiceCaller,
+    recorded: dict[str, list[FlowMessage]],
+    case: FlowTestCase,
+) -> bool:
+    """Whether every expectation has at least as many messages as it lists (read without
+    taking them)."""
+    for name, expected in case.expect.items():
+        if name == "dlq":
+            count = 0
+            for topic in dict.fromkeys(flow.topic for flow in service.flows):
+                count += len(await bus.dlq_list(topic, limit=1000))
+        elif name.startswith("service:"):
+            wanted = name.removeprefix("service:")
+            count = sum(1 for call in caller.calls if call[0] == wanted)
+        elif name.startswith("sink:"):
+            count = len(recorded.get(name, []))
+        else:
+            count = await bus.lag(name, TEST_GROUP)
+        if count < len(expected):
+            return False
+    return True
 
 
 @dataclass

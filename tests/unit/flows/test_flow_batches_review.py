@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from unittest import mock
 
+import pytest
 from flow_case import flows_config, run_flow_case
 
-from sampan.bus.base import Bus, OutgoingMessage
+from sampan.bus.base import Bus, BusError, DeadLetter, OutgoingMessage
 from sampan.bus.factory import open_bus
 from sampan.config import parse_config_text
 from sampan.flows.service import FlowService
@@ -110,7 +111,7 @@ async def test_a_stop_that_cancels_a_batch_in_its_flush_cancels_its_waiting_mess
 
         return publish_batch
 
-    # The wait outlasts the stop (which first lets a pending fetch end, up to a second).
+    # The wait outlasts the stop.
     steps = "      - to: {topic: before}\n      - delay: 2s\n      - to: {topic: after}\n"
     async with running_flow(tmp_path, steps, wrap) as (bus, service):
         await bus.publish("in", b'{"n": 1}', key="a")
@@ -157,3 +158,40 @@ async def test_a_dead_letter_for_an_output_the_bus_refuses_names_the_to_step(
         },
     )
     assert result.passed, result.problems
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        "      - to: {topic: out}\n",
+        "      - to: {topic: out}\n      - delay: 1ms\n",
+        "      - delay: 1ms\n      - to: {topic: out}\n",
+    ],
+    ids=["outbox", "outbox_then_waits", "in_the_step"],
+)
+async def test_a_to_that_fails_at_flush_counts_as_a_step_error(tmp_path: Path, steps: str) -> None:
+    """The bus refuses every publish to ``out``: whether the ``to`` failed in its step (after
+    a wait the outbox is closed) or when its batch's outbox was flushed, each failed attempt
+    is a step error in the flow's metrics, and the dead letter names the step."""
+
+    def wrap(real: PublishBatch) -> PublishBatch:
+        async def publish_batch(topic: str, messages: Sequence[OutgoingMessage]) -> list[int]:
+            if topic == "out":
+                raise BusError("the bus is down")
+            return await real(topic, messages)
+
+        return publish_batch
+
+    async with running_flow(tmp_path, steps, wrap) as (bus, service):
+        await bus.publish("in", b'{"n": 1}', key="a")
+        letters: list[DeadLetter] = []
+        while not letters:  # dead-lettered after max_attempts (2)
+            await asyncio.sleep(0.01)
+            letters = await asyncio.wait_for(bus.dlq_list("in"), 5)
+        await service.stop(1.0)
+        step_errors = service.flows[0].ctx.metrics.counter(
+            "sampan_flow_step_errors", "Step failures (before retries).", flow="f"
+        )
+    label = "steps[1].to" if steps.startswith("      - delay") else "steps[0].to"
+    assert [letter.error.split(": ")[1] for letter in letters] == [label]
+    assert step_errors.value == 2  # one per failed delivery, as for any failing step

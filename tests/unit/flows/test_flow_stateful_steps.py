@@ -153,7 +153,8 @@ async def test_throttle_spreads_messages_over_windows(tmp_path: Path) -> None:
         },
     )
     assert result.passed, result.problems
-    assert time.monotonic() - started >= 0.6  # 6 messages at 2 per 300 ms: three windows
+    # 6 messages at 2 per 300 ms: three windows, the first maybe nearly over: one whole.
+    assert time.monotonic() - started >= 0.3
 
 
 async def test_claim_check_parks_large_payloads(tmp_path: Path) -> None:
