@@ -14,7 +14,6 @@ holds two messages of a key, and the next message of a key waits for this one's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -73,14 +72,7 @@ class BatchConsumer(Consumer):
                 await self._capacity.wait()
                 continue
             if not ready:
-                waiter: asyncio.Future[None] = loop.create_future()
-                idle.append(waiter)
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    with contextlib.suppress(ValueError):
-                        idle.remove(waiter)
-                    raise
+                await self._wait_for_work(loop)
                 continue
             batch: list[Delivery] = []
             while ready and len(batch) < room and ready[0] is not _STOP:

@@ -200,8 +200,20 @@ class Consumer:
             if not waiter.done():
                 waiter.set_result(None)
 
+    async def _wait_for_work(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Park this worker until deliveries are handed out (``_hand_out``); a cancelled
+        worker leaves the idle list so nothing is handed to it."""
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._idle.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):
+                self._idle.remove(waiter)
+            raise
+
     async def _work(self) -> None:
-        ready, idle = self._ready, self._idle
+        ready = self._ready
         loop = asyncio.get_running_loop()
         # Bound once: this loop runs per message.
         clock, observe, handler, ack_wanted = (
@@ -212,14 +224,7 @@ class Consumer:
         )
         while True:
             if not ready:
-                waiter: asyncio.Future[None] = loop.create_future()
-                idle.append(waiter)
-                try:
-                    await waiter
-                except asyncio.CancelledError:
-                    with contextlib.suppress(ValueError):
-                        idle.remove(waiter)
-                    raise
+                await self._wait_for_work(loop)
                 continue
             d = ready.popleft()
             if d is _STOP:
