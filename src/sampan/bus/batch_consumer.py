@@ -140,9 +140,10 @@ class BatchConsumer(Consumer):
         try:
             await running
         except asyncio.CancelledError as exc:
-            if _stopping():
-                self._free_slot()
-                raise  # the delivery is still held and goes back to the bus
+            if _stopping():  # not processed: the delivery is still held and goes back
+                self._in_progress -= 1
+                self._capacity.set()
+                raise
             error = _cancelled_inside(exc)
         except Exception as exc:
             error = exc

@@ -392,11 +392,7 @@ class SqliteBus(Bus):
         if not deliveries:
             return
         self._check_open()
-        rest = await self._owned.release(deliveries)
-        if rest:
-            topics = tuple({d.topic for d in rest})
-            await self._call(lambda s, now: s.release(rest, now), *topics)
-            self._owned.rows_changed(rest)
+        await self._owned.release_all(deliveries)
 
     async def extend(self, deliveries: Sequence[Delivery], lease_seconds: float) -> None:
         if not deliveries:

@@ -491,8 +491,8 @@ class OwnedGroups:
         return rest
 
     async def release_all(self, deliveries: Sequence[Delivery]) -> None:
-        """`release` of window leases and of rows alike (what ``SqliteBus.release`` does),
-        for the leases of a cancelled fetch."""
+        """`release` of window leases and of rows alike: ``SqliteBus.release``, and the
+        leases of a cancelled fetch."""
         rest = await self.release(deliveries)
         if rest:
             topics = tuple({d.topic for d in rest})

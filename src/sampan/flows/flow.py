@@ -133,7 +133,6 @@ class Flow:
                 continue
             if isinstance(progress, Later):  # it has to wait: the rest runs in its own task
                 waiting.append((index, asyncio.ensure_future(progress.finish())))
-        outbox.close()
         try:
             errors = await outbox.flush(self.ctx.bus)
         except BaseException:

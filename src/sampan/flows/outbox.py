@@ -6,10 +6,10 @@ be durable: one suspension, one future and one wake-up per message. A flow runni
 messages run their steps without waiting, then publishes everything with one
 ``publish_batch`` per topic; each message is acked only if every output it made is durable.
 
-An output made after `close` (by a message that had to wait for I/O and so finished after the
-batch) is published directly by its sink, as outside a batch. Messages released by stateful
-steps (``resume``) are detached from the outbox first: those steps forget their state once
-``resume`` returns, so what follows must be durable by then.
+An output made once the flush has begun (by a message that had to wait for I/O and so
+finished after the batch) is published directly by its sink, as outside a batch. Messages
+released by stateful steps (``resume``) are detached from the outbox first: those steps
+forget their state once ``resume`` returns, so what follows must be durable by then.
 """
 
 from __future__ import annotations
@@ -38,9 +38,6 @@ class Outbox:
             self._by_topic[topic] = [(index, label, message)]
         else:
             outputs.append((index, label, message))
-
-    def close(self) -> None:
-        self.closed = True
 
     async def flush(self, bus: Bus) -> dict[int, Exception]:
         """Publish every output, also those of messages that failed after making them (as

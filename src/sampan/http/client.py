@@ -21,7 +21,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
@@ -98,13 +98,20 @@ class Endpoint:
 def split_base_url(url: str) -> tuple[Endpoint, str]:
     """``scheme://host:port/base`` -> (Endpoint, ``/base`` without trailing ``/``, or "")."""
     parts = urlsplit(url.strip())
+    endpoint = endpoint_of(url, parts)
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: no query or fragment in an upstream URL")
+    return endpoint, parts.path.rstrip("/")
+
+
+def endpoint_of(url: str, parts: SplitResult) -> Endpoint:
+    """Where ``url`` (split as ``parts``) says to connect: http or https, a host, a valid
+    port (the scheme's by default), no credentials."""
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise ValueError(f"{url!r}: the scheme must be http or https")
     if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{url!r}: credentials in upstream URLs are not supported")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: no query or fragment in an upstream URL")
+        raise ValueError(f"{url!r}: credentials do not belong in the URL (use headers)")
     host = parts.hostname
     if not host:
         raise ValueError(f"{url!r}: no host")
@@ -115,7 +122,7 @@ def split_base_url(url: str) -> tuple[Endpoint, str]:
     tls = scheme == "https"
     if port is None:
         port = 443 if tls else 80
-    return Endpoint(host, port, tls), parts.path.rstrip("/")
+    return Endpoint(host, port, tls)
 
 
 class UpstreamResponse:

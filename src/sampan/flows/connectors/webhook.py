@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from sampan.flows.endpoint import EndpointContext, EndpointKind, Sink
 from sampan.flows.message import FlowMessage
 from sampan.http.body import BodyTooLarge, BytesBody
-from sampan.http.client import ConnectionPool, Endpoint
+from sampan.http.client import ConnectionPool, Endpoint, endpoint_of
 from sampan.http.headers import Headers
 from sampan.units import Duration
 
@@ -81,20 +81,10 @@ class WebhookConfig(BaseModel):
 
 def parse_webhook_url(url: str) -> tuple[Endpoint, bytes]:
     """``http(s)://host[:port]/path?query`` -> where to connect and the request target."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise ValueError(f"{url!r}: {exc}") from None
-    if scheme not in ("http", "https") or not host:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"{url!r}: put credentials in `headers` or `secret`, not in the URL")
     if any(c in url for c in " \r\n\0"):
         raise ValueError(f"{url!r}: spaces and control characters must be percent-encoded")
-    tls = scheme == "https"
-    endpoint = Endpoint(host, port if port is not None else (443 if tls else 80), tls)
+    parts = urlsplit(url.strip())
+    endpoint = endpoint_of(url, parts)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     # Non-ASCII (a Vietnamese path segment, say) is percent-encoded; what is encoded stays.
     return endpoint, quote(target, safe="/?&=%:@!$'()*+,;~-._").encode("ascii")

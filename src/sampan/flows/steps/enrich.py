@@ -111,17 +111,21 @@ class EnrichStep(Step):
     def process_now(self, message: FlowMessage) -> list[FlowMessage] | Later:
         """A cache hit needs no waiting."""
         cache = self._cache
-        if cache is not None:
-            payload = self._payload(message)
-            lookup = self._lookup(message)
-            found, value = cache.get(lookup)
-            if found:
-                return self._merge(message, payload, lookup, value)
-        return Later(partial(self.process, message))
-
-    async def process(self, message: FlowMessage) -> list[FlowMessage]:
+        if cache is None:
+            return Later(partial(self.process, message))
         payload = self._payload(message)
         lookup = self._lookup(message)
+        found, value = cache.get(lookup)
+        if found:
+            return self._merge(message, payload, lookup, value)
+        return Later(partial(self._fetch, message, payload, lookup))
+
+    async def process(self, message: FlowMessage) -> list[FlowMessage]:
+        return await self._fetch(message, self._payload(message), self._lookup(message))
+
+    async def _fetch(
+        self, message: FlowMessage, payload: dict[str, Any], lookup: str
+    ) -> list[FlowMessage]:
         if self._options.service is not None:
             value = await self._cached(lookup, lambda: self._ask_service(lookup, message))
         else:
