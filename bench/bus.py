@@ -1181,12 +1181,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--phase-timeout", type=float, default=90.0, help="seconds per phase")
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     parser.add_argument("--tmp", default="/tmp", help="where the SQLite files go (not /dev/shm)")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="GIL switch interval in seconds for the whole run (default: what a node sets,"
+        " node.gil_switch_interval's default; 0.005 is Python's own)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.messages = min(args.messages, 20_000)
         args.latency_seconds = min(args.latency_seconds, 3.0)
     if args.messages <= 0 or args.rate <= 0 or args.latency_seconds <= 0:
         parser.error("--messages, --rate and --latency-seconds must be positive")
+    if args.switch_interval is not None and not 0 < args.switch_interval <= 1:
+        parser.error("--switch-interval must be in (0, 1] seconds")
     return args
 
 
@@ -1201,6 +1210,11 @@ async def main(args: argparse.Namespace) -> int:
     wl = make_workload(args.messages)
     gc.collect()
     gc.freeze()  # the pre-generated workload is not the benchmark's garbage
+    # The embedded bus runs inside a node, which sets this for its process (a lone client
+    # thread, as in the Redis and NATS phases, never waits for the GIL, so they are unchanged).
+    from sampan.switch_interval import DEFAULT_SWITCH_INTERVAL
+
+    sys.setswitchinterval(args.switch_interval or DEFAULT_SWITCH_INTERVAL)
 
     tmp = Path(tempfile.mkdtemp(prefix="sampan-bench-bus-", dir=args.tmp))
     systems: list[System] = []
@@ -1244,6 +1258,7 @@ async def main(args: argparse.Namespace) -> int:
                 "consumer_batch": CONSUMER_BATCH,
                 "nats_max_pending": NATS_MAX_PENDING,
                 "event_loop": "uvloop",
+                "gil_switch_interval_s": sys.getswitchinterval(),
                 "quick": args.quick,
             },
             "machine": {

@@ -40,6 +40,7 @@ from sampan.flows.references import references
 from sampan.gateway.config import ConsumerConfig, GatewayConfig, RouteConfig
 from sampan.mesh.config import MeshConfig, ServiceConfig
 from sampan.store.config import StoreConfig
+from sampan.switch_interval import DEFAULT_SWITCH_INTERVAL
 from sampan.units import ByteSize, Duration, describe_value
 
 __all__ = [
@@ -145,6 +146,24 @@ class NodeConfig(_Section):
         description="Extra directories to import user handlers and tasks from."
         " Relative paths are relative to the config file's directory.",
     )
+    gil_switch_interval: Duration | None = Field(
+        DEFAULT_SWITCH_INTERVAL,
+        description="How long the event loop may keep Python's GIL from a thread waiting for"
+        " it (the embedded bus's database thread), set for the node's process while it runs."
+        " Python's 5ms default made every SQLite call of that thread wait behind a busy loop;"
+        " 0.1ms gave +35 % bus and +15 % flow throughput. null leaves Python's setting alone.",
+    )
+
+    @field_validator("gil_switch_interval")
+    @classmethod
+    def _switch_interval_in_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value <= 1.0:
+            raise PydanticCustomError(
+                "switch_interval",
+                "must be more than 0 and at most 1s (0.1ms is the default), got {value}",
+                {"value": describe_value(value)},
+            )
+        return value
 
     def resolve_paths(self, base_dir: Path) -> None:
         """Anchor relative paths at the config file, not at wherever the node was started."""

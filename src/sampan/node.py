@@ -38,6 +38,7 @@ from sampan.observe.metrics import Metrics
 from sampan.python_target import load_target
 from sampan.store.base import StateStore
 from sampan.store.factory import open_store
+from sampan.switch_interval import SwitchInterval
 
 log = logging.getLogger("sampan.node")
 
@@ -117,6 +118,7 @@ class Node:
         self._maintenance: asyncio.Task[None] | None = None
         self._lag: dict[tuple[str, str], float] = {}
         self._started = False
+        self._switch_interval = SwitchInterval(config.node.gil_switch_interval)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class Node:
             if str(entry) not in sys.path:
                 sys.path.insert(0, str(entry))
         await asyncio.to_thread(Path(config.node.data_dir).mkdir, parents=True, exist_ok=True)
+        self._switch_interval.apply()
         await self.bus.start()
         self._started = True
         for topic in config.bus.topics:
@@ -221,6 +224,7 @@ class Node:
             await self.store.close()
         if self._started:
             await self.bus.close()
+        self._switch_interval.restore()
         log.info("node %s stopped", self.config.node.name)
 
     async def run(self, run_for: float | None = None) -> None:
