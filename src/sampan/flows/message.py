@@ -77,6 +77,12 @@ class FlowMessage:
         self._data = value
         self._raw = None
 
+    @property
+    def undecoded(self) -> bool:
+        """Whether ``data`` is still to be decoded from the bytes the message arrived as (so
+        it will hold only what JSON decodes to, nothing a step put there)."""
+        return self._data is _UNDECODED
+
     def body(self) -> bytes:
         """The payload as bytes, re-encoded only if it was replaced."""
         if self._raw is None:

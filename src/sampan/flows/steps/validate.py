@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import fastjsonschema
+import msgspec
 import orjson
 import yaml
 from pydantic import Field, ValidationInfo, field_validator
@@ -17,6 +18,7 @@ from sampan.flows.errors import InvalidMessage
 from sampan.flows.message import FlowMessage
 from sampan.flows.options import Options
 from sampan.flows.step import BuildContext, Step, StepKind
+from sampan.flows.steps.schema_types import schema_type
 
 
 def load_schema(path: Path) -> dict[str, Any]:
@@ -65,13 +67,25 @@ class ValidateOptions(Options):
 class ValidateStep(Step):
     def __init__(self, options: ValidateOptions, ctx: BuildContext) -> None:
         self.label = ctx.label
-        self._check = compile_schema(Path(options.schema_file))
+        schema = load_schema(Path(options.schema_file))
+        self._check = fastjsonschema.compile(schema)
+        self._fast = schema_type(schema)
+        """The schema as a msgspec type, when it translates exactly (``schema_types.py``)."""
+        self._convert = msgspec.convert
         self._schema = Path(options.schema_file).name
 
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
         return self.process_now(message)
 
     def process_now(self, message: FlowMessage) -> list[FlowMessage]:
+        fast = self._fast
+        if fast is not None and message.undecoded:  # plain JSON values only
+            try:
+                self._convert(message.data, fast)
+            except (msgspec.ValidationError, TypeError):
+                pass  # fastjsonschema has the last word, and words the error
+            else:
+                return [message]
         try:
             self._check(message.data)
         except fastjsonschema.JsonSchemaValueException as exc:
