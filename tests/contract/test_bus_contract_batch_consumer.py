@@ -87,6 +87,7 @@ async def test_in_progress_stays_within_concurrency_and_keys_keep_order(
     )
     in_progress = 0
     most = 0
+    largest_batch = 0
     order: dict[str | None, list[int]] = {}
 
     async def finish() -> None:
@@ -95,10 +96,11 @@ async def test_in_progress_stays_within_concurrency_and_keys_keep_order(
         in_progress -= 1
 
     async def handler(batch: list[Delivery]) -> Sequence[BatchOutcome]:
-        nonlocal in_progress, most
+        nonlocal in_progress, most, largest_batch
         assert len({d.key for d in batch}) == len(batch), "one message per key in a batch"
         in_progress += len(batch)
         most = max(most, in_progress)
+        largest_batch = max(largest_batch, len(batch))
         outcomes: list[BatchOutcome] = []
         for i, d in enumerate(batch):
             order.setdefault(d.key, []).append(int(d.value))
@@ -116,6 +118,8 @@ async def test_in_progress_stays_within_concurrency_and_keys_keep_order(
     finally:
         await consumer.stop(grace=2)
     assert 1 <= most <= 4
+    # Each of the two workers takes at most half: one batch can run while the other's wait.
+    assert largest_batch == 2
     assert sum(len(v) for v in order.values()) == total
     for handled in order.values():
         assert handled == sorted(handled)
