@@ -28,6 +28,15 @@ def options(**changes: Any) -> ConsumerOptions:
     return ConsumerOptions(**(base | changes))
 
 
+async def _until_cancelled(cancelled: asyncio.Event) -> None:
+    """Runs until cancelled, and says so through ``cancelled``."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise
+
+
 async def _later(seconds: float, fail: bool = False) -> None:
     await asyncio.sleep(seconds)
     if fail:
@@ -133,18 +142,11 @@ async def test_stop_cancels_what_outlives_the_grace_and_hands_it_back(
     await bus.publish(topic, b"stuck", key="k")
     cancelled = asyncio.Event()
 
-    async def never_ends() -> None:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
     first_attempts: list[int] = []
 
     async def stuck(batch: list[Delivery]) -> Sequence[BatchOutcome]:
         first_attempts.extend(d.attempt for d in batch)
-        return [asyncio.ensure_future(never_ends()) for _ in batch]
+        return [asyncio.ensure_future(_until_cancelled(cancelled)) for _ in batch]
 
     consumer = BatchConsumer(bus, topic, group, stuck, options())
     await consumer.start()
@@ -204,16 +206,11 @@ async def test_stop_cancels_what_still_runs_even_if_a_nack_of_its_batch_hangs(
     cancelled = asyncio.Event()
     nacking = asyncio.Event()
 
-    async def never_ends() -> None:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
     async def handler(batch: list[Delivery]) -> Sequence[BatchOutcome]:
         return [
-            ValueError("bad") if d.value == b"bad" else asyncio.ensure_future(never_ends())
+            ValueError("bad")
+            if d.value == b"bad"
+            else asyncio.ensure_future(_until_cancelled(cancelled))
             for d in batch
         ]
 
