@@ -235,7 +235,9 @@ def _serve_customers(conn: Connection) -> None:
         return Response(200, Headers([(b"content-type", b"application/json")]), body)
 
     async def main() -> None:
-        server = HttpServer(handler, LimitsConfig())
+        # The node may hold one connection per message in flight (`concurrency`): the default
+        # per-client cap (256) would refuse some and get the only endpoint ejected.
+        server = HttpServer(handler, LimitsConfig(max_connections_per_client=4096))
         await server.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

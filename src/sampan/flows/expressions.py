@@ -205,31 +205,58 @@ def renderer(text: str) -> Callable[[FlowMessage], str]:
 
 def brace_renderer(text: str, *, url_quote: bool = False) -> Callable[[FlowMessage], str]:
     """Fill ``{expr}`` placeholders; ``url_quote`` escapes each value for a URL path."""
-    parts: list[str | Callable[[FlowMessage], Any]] = []
+    literals: list[str] = []
+    placeholders: list[Callable[[FlowMessage], Any]] = []
     last = 0
     for match in _BRACE_RE.finditer(text):
-        parts.append(text[last : match.start()])
-        parts.append(evaluator(match.group(1).strip()))
+        literals.append(text[last : match.start()])
+        placeholders.append(evaluator(match.group(1).strip()))
         last = match.end()
-    parts.append(text[last:])
-    if len(parts) == 1:
+    literals.append(text[last:])
+    if not placeholders:
         constant = text
         return lambda _message: constant
+    escape = _quote_segment if url_quote else _as_is
+
+    def piece(value: Any) -> str:
+        if value is None:
+            raise ValueError(f"placeholder in {text!r} is null for this message")
+        return escape(value if isinstance(value, str) else _scalar_text(value))
+
+    if len(placeholders) == 1:  # "/customers/{data.customer_id}": no loop, no list
+        (evaluate,) = placeholders
+        before, after = literals
+
+        def fill_one(message: FlowMessage) -> str:
+            return before + piece(evaluate(message)) + after
+
+        return fill_one
+    pairs = list(zip(literals, placeholders, strict=False))
+    tail = literals[-1]
 
     def fill(message: FlowMessage) -> str:
         out = []
-        for part in parts:
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            value = part(message)
-            if value is None:
-                raise ValueError(f"placeholder in {text!r} is null for this message")
-            piece = value if isinstance(value, str) else _scalar_text(value)
-            out.append(quote(piece, safe="") if url_quote else piece)
+        for literal, evaluate in pairs:
+            out.append(literal)
+            out.append(piece(evaluate(message)))
+        out.append(tail)
         return "".join(out)
 
     return fill
+
+
+_UNRESERVED: Final = re.compile(r"[A-Za-z0-9_.~-]*")
+"""What ``quote(text, safe="")`` leaves as it is."""
+
+
+def _quote_segment(text: str) -> str:
+    if _UNRESERVED.fullmatch(text):  # an id, a code: nothing to escape (and 4x faster)
+        return text
+    return quote(text, safe="")
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def _scalar_text(value: Any) -> str:

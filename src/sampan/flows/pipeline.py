@@ -123,8 +123,29 @@ class Pipeline(StepRunner):
         return await self._run_from(0, messages)
 
     def run_now(self, messages: list[FlowMessage]) -> list[FlowMessage] | Later:
+        if len(messages) != 1:
+            return self._run_now_from(0, messages)
+        # One message (a flow's batch runs each on its own): step after step while each
+        # gives back exactly one, with no list built per step.
+        message = messages[0]
+        for index, guarded in enumerate(self.steps):
+            if not guarded.unguarded:  # on_error may retry after a pause: always async
+                return Later(partial(self._run_from, index, messages))
+            try:
+                result = guarded.step.process_now(message)
+            except Exception as exc:
+                guarded.failed(exc)
+            if isinstance(result, Later):
+                return Later(partial(self._finish_step, index, result, [], []))
+            messages = result
+            if len(messages) != 1:  # filtered, held, or split: the general path goes on
+                return self._run_now_from(index + 1, messages)
+            message = messages[0]
+        return messages
+
+    def _run_now_from(self, start: int, messages: list[FlowMessage]) -> list[FlowMessage] | Later:
         steps = self.steps
-        for index in range(len(steps)):
+        for index in range(start, len(steps)):
             if not messages:
                 return messages
             guarded = steps[index]

@@ -17,7 +17,10 @@ OPTIONS = jmespath.Options(dict_cls=dict)
 
 EXPRESSIONS = [
     "a",
+    "a.b",
     "a.b.c",
+    "{x: a, y: b}",
+    "b.{c: c, missing: d}",
     "a.b.c.d",
     "[a, b]",
     "{x: a, y: b.c, z: `1`}",
@@ -130,6 +133,15 @@ MESSAGE_EXPRESSIONS = [
     "[0]",
     "*",
     "data.amount > `10` && headers.\"x-tier\" == 'vip'",
+    "data.amount",
+    "data.nested.deep",
+    "data.nested.deep.value",
+    "{a: data.amount, skus: data.items[*].sku, whole: data, deep: data.nested.deep.value}",
+    "{d: data, h: headers}",
+    '{id: data.id, tier: headers."x-tier"}',
+    "{first: data[0], amount: data.amount}",
+    "{o: other.x, p: other}",
+    "{one: data.id}",
 ]
 
 
@@ -138,6 +150,9 @@ def test_message_evaluator_matches_searching_the_context(text: str) -> None:
     evaluate = evaluator(text)
     for data, headers, key in (
         ({"id": 7, "amount": 12, "items": [{"sku": "A"}, {"sku": "B"}]}, {"x-tier": "vip"}, "C1"),
+        ({"amount": 1, "nested": {"deep": {"value": 9}}}, {}, "C3"),
+        ({"nested": {"deep": "not an object"}, "items": "not a list"}, {}, None),
+        ({"nested": [1], "amount": None}, {}, None),
         ({"amount": 3, "items": []}, {}, None),
         ("text payload", {"x-tier": "std"}, "C2"),
         ([1, 2], {}, ""),
