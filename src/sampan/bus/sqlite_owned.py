@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from sampan.bus.base import Delivery, GroupInfo, take_leases
-from sampan.bus.fast_delivery import new_delivery
+from sampan.bus.fast_messages import new_delivery
 from sampan.bus.retry import RetryPolicy
 from sampan.bus.sqlite_schema import WAITING_FOR_KEY
 from sampan.bus.sqlite_store import (
@@ -190,7 +190,9 @@ class OwnedGroups:
             offset, p = item
             lease = self._lease_next
             self._lease_next += 1
-            d = Delivery(topic, group, offset, p.key, p.value, p.headers, p.published_at, 1, lease)
+            d = new_delivery(
+                topic, group, offset, p.key, p.value, p.headers, p.published_at, 1, lease
+            )
             out.append(win.lease_parked(offset, d, lease_until, p.key))
         room = min(max_messages - len(out), self.max_in_flight - win.open_count() - win.rows)
         if room <= 0:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from sampan.bus.base import Bus, OutgoingMessage
+from sampan.bus.fast_messages import new_outgoing
 from sampan.config_types import Name, check_name
 from sampan.flows.endpoint import EndpointContext, EndpointKind, Sink
 from sampan.flows.expressions import BraceTemplate, Expression, brace_renderer, evaluator
@@ -92,7 +93,7 @@ class TopicSink(Sink):
                 if value is not None:
                     headers[name] = header_text(value)
         deliver_at = time.time() + self._delay if self._delay else None
-        return topic, OutgoingMessage(message.body(), key, headers, deliver_at)
+        return topic, new_outgoing(message.body(), key, headers, deliver_at)
 
     async def stop(self) -> None:
         await self._publisher.close()
