@@ -195,6 +195,31 @@ def test_observe_count_and_cost_make_up_the_quartet() -> None:
     assert target.requests == 20
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=100, allow_nan=False),
+            st.integers(0, 50),
+            st.integers(0, 50),
+        ),
+        max_size=8,
+    )
+)
+def test_observe_many_is_n_observations(batches: list[tuple[float, int, int]]) -> None:
+    one_by_one = Metrics().target("flow", "a")
+    together = Metrics().target("flow", "b")
+    for seconds, n, wanted_errors in batches:
+        errors = min(wanted_errors, n)
+        for i in range(n):
+            one_by_one.observe(seconds, error=i < errors)
+        together.observe_many(seconds, n, errors=errors)
+    a, b = one_by_one.snapshot(), together.snapshot()
+    assert (a.count, a.errors, a.p50, a.p95, a.p99) == (b.count, b.errors, b.p50, b.p95, b.p99)
+    assert one_by_one._buckets == together._buckets
+    assert one_by_one._sum == pytest.approx(together._sum)
+
+
 def test_count_only_target_has_throughput_but_no_latency() -> None:
     target = Metrics().target("topic", "t")
     target.count()

@@ -66,7 +66,8 @@ class BatchConsumer(Consumer):
         # commit the other worker has room for the next (taking all of `concurrency` at once
         # left the loop idle during every commit: +4 % in the flows benchmark).
         share = -(-limit // self._worker_count())
-        clock, observe, handler = time.perf_counter, self._quartet.observe, self.batch_handler
+        clock, handler = time.perf_counter, self.batch_handler
+        observe_many = self._quartet.observe_many
         while True:
             if ready and ready[0] is _STOP:  # before waiting for room: stop does not wait
                 ready.popleft()
@@ -103,16 +104,15 @@ class BatchConsumer(Consumer):
             failed: list[tuple[Delivery, BaseException]] = []
             for delivery, outcome in zip(batch, outcomes, strict=True):
                 if outcome is None:
-                    observe(elapsed)
                     self._to_ack.append(delivery)
                     settled += 1
                 elif isinstance(outcome, BaseException):
-                    observe(elapsed, error=True)
                     failed.append((delivery, outcome))
                 else:
                     task = asyncio.ensure_future(self._settle_later(delivery, outcome, started))
                     self._stragglers.add(task)
                     task.add_done_callback(self._stragglers.discard)
+            observe_many(elapsed, settled + len(failed), errors=len(failed))
             # Nacks only once every awaitable is a straggler: a stop that cancels this worker
             # in a nack still finds (and cancels) what runs on.
             for delivery, error in failed:

@@ -149,11 +149,12 @@ class Flow:
                     # The `to` failed, as in its step: one step error (none if a later step
                     # failed too, which counted it: one per failed attempt, as unbatched).
                     self._step_errors.inc()
-        elapsed = time.perf_counter() - started
-        observe = self._quartet.observe
-        for index, outcome in enumerate(outcomes):
-            if index not in later:
-                observe(elapsed, error=outcome is not None)
+        settled = [o for i, o in enumerate(outcomes) if i not in later] if later else outcomes
+        self._quartet.observe_many(
+            time.perf_counter() - started,
+            len(settled),
+            errors=len(settled) - settled.count(None),
+        )
         for index, task in waiting:
             outcomes[index] = self._settle_waiting(task, outcomes[index], started)
         return outcomes

@@ -128,6 +128,15 @@ class TargetMetrics:
         if error:
             self._errors += 1
 
+    def observe_many(self, seconds: float, n: int, *, errors: int = 0) -> None:
+        """``n`` units of work that each took ``seconds`` (a batch handled together), of
+        which ``errors`` failed: the same as ``n`` calls of `observe`, in one."""
+        if n <= 0:
+            return
+        self._buckets[bisect_left(self._bounds, seconds)] += n
+        self._sum += seconds * n
+        self._errors += errors
+
     def count(self, n: int = 1, *, errors: int = 0) -> None:
         """``n`` units of work without a latency (e.g. a published batch); ``errors`` failed."""
         if n < 0 or errors < 0 or errors > n:
