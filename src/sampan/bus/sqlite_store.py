@@ -93,7 +93,7 @@ def encode_headers(headers: Mapping[str, str] | None) -> bytes | None:
     """Headers as stored: JSON (rows are kept in memory a while, see `sampan.stored_json`)."""
     if not headers:
         return None
-    return dumps_kept(dict(headers))
+    return dumps_kept(headers if type(headers) is dict else dict(headers))
 
 
 EncodedHeaders = list[bytes | None]

