@@ -1188,6 +1188,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="GIL switch interval in seconds for the whole run (default: what a node sets,"
         " node.gil_switch_interval's default; 0.005 is Python's own)",
     )
+    parser.add_argument(
+        "--gc-young-threshold",
+        type=int,
+        default=None,
+        help="the garbage collector's youngest-generation threshold for the whole run (default:"
+        " what a node sets, node.gc_young_threshold's default; 700 is Python's own)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.messages = min(args.messages, 20_000)
@@ -1196,6 +1203,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--messages, --rate and --latency-seconds must be positive")
     if args.switch_interval is not None and not 0 < args.switch_interval <= 1:
         parser.error("--switch-interval must be in (0, 1] seconds")
+    if args.gc_young_threshold is not None and args.gc_young_threshold < 100:
+        parser.error("--gc-young-threshold must be at least 100")
     return args
 
 
@@ -1212,9 +1221,12 @@ async def main(args: argparse.Namespace) -> int:
     gc.freeze()  # the pre-generated workload is not the benchmark's garbage
     # The embedded bus runs inside a node, which sets this for its process (a lone client
     # thread, as in the Redis and NATS phases, never waits for the GIL, so they are unchanged).
+    # Same for the garbage collector's youngest generation: set for every system alike.
+    from sampan.gc_threshold import DEFAULT_GC_YOUNG_THRESHOLD
     from sampan.switch_interval import DEFAULT_SWITCH_INTERVAL
 
     sys.setswitchinterval(args.switch_interval or DEFAULT_SWITCH_INTERVAL)
+    gc.set_threshold(args.gc_young_threshold or DEFAULT_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
     tmp = Path(tempfile.mkdtemp(prefix="sampan-bench-bus-", dir=args.tmp))
     systems: list[System] = []
@@ -1259,6 +1271,7 @@ async def main(args: argparse.Namespace) -> int:
                 "nats_max_pending": NATS_MAX_PENDING,
                 "event_loop": "uvloop",
                 "gil_switch_interval_s": sys.getswitchinterval(),
+                "gc_threshold": list(gc.get_threshold()),
                 "quick": args.quick,
             },
             "machine": {

@@ -82,6 +82,9 @@ CONCURRENCY = 256
 """The flow's ``concurrency`` (and the hand-written consumer's): messages in flight on
 different keys. The flow default (16) keeps ~16 outputs per fsync; see the report."""
 NATS_MAX_PENDING = 4000
+GC_YOUNG_THRESHOLD = 5000
+"""The nodes' ``node.gc_young_threshold``: a throughput-bound flow node's setting (Python's
+700 had the collector take ~9 % of the loop here; see sampan/gc_threshold.py)."""
 
 TARGET_SQLITE_RATE = 30_000.0
 TARGET_NATS_OVERHEAD = 0.20
@@ -295,12 +298,18 @@ def node_config(
     service_port: int,
     with_flow: bool,
     concurrency: int | None,
+    gc_young_threshold: int = GC_YOUNG_THRESHOLD,
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     schema = root / "order.schema.json"
     schema.write_bytes(orjson.dumps(ORDER_SCHEMA))
     doc: dict[str, Any] = {
-        "node": {"name": "bench", "data_dir": str(root / "data"), "admin": {"enabled": False}},
+        "node": {
+            "name": "bench",
+            "data_dir": str(root / "data"),
+            "admin": {"enabled": False},
+            "gc_young_threshold": gc_young_threshold,
+        },
         "bus": {"url": bus_url, "durability": "full"},
         "services": [
             {"name": "customers", "endpoints": [{"url": f"http://127.0.0.1:{service_port}"}]}
@@ -490,7 +499,8 @@ async def run_node(
     from sampan.config import load_config
     from sampan.node import Node
 
-    path = node_config(root, bus_url, names, service_port, with_flow, concurrency)
+    young = gc.get_threshold()[0]  # the run's (main sets it from --gc-young-threshold)
+    path = node_config(root, bus_url, names, service_port, with_flow, concurrency, young)
     config = load_config(path)
     node = Node(config, config_path=path)
     await node.start()
@@ -510,7 +520,10 @@ async def run_node(
                 handwritten.handle,
                 ConsumerOptions(concurrency=concurrency, batch=config.bus.fetch_batch),
             )
+        # As `sampan up` does once the node has started (Node.run): what start-up built stays
+        # out of every later collection. Undone when the run ends (the node goes away).
         gc.collect()
+        gc.freeze()
         t0 = time.perf_counter()
         publisher = asyncio.ensure_future(publish_inputs(bus, names.input, wl))
         try:
@@ -538,6 +551,7 @@ async def run_node(
             extra["dead_letters"] = [d.error for d in dlq]
         return Run(system, len(wl), seconds, outputs, extra)
     finally:
+        gc.unfreeze()
         if consumer is not None:
             await consumer.stop()
         try:
@@ -819,6 +833,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=CONCURRENCY,
         help="the flow's `concurrency`, also the hand-written consumer's (default: %(default)s)",
     )
+    parser.add_argument(
+        "--gc-young-threshold",
+        type=int,
+        default=GC_YOUNG_THRESHOLD,
+        help="the nodes' node.gc_young_threshold, also set for the raw nats-py reference"
+        " (default: %(default)s; 700 is Python's own)",
+    )
     parser.add_argument("--quick", action="store_true", help="10,000 messages, 1 round")
     parser.add_argument("--phase-timeout", type=float, default=120.0, help="seconds per run")
     parser.add_argument("--tmp", default="/tmp", help="where the SQLite files go (not /dev/shm)")
@@ -828,6 +849,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.rounds = 1
     if args.messages <= 0 or args.rounds <= 0:
         parser.error("--messages and --rounds must be positive")
+    if args.gc_young_threshold < 100:
+        parser.error("--gc-young-threshold must be at least 100")
     return args
 
 
@@ -849,6 +872,9 @@ async def main(args: argparse.Namespace) -> int:
     args.mean_bytes = sum(map(len, wl.payloads)) / len(wl)
     gc.collect()
     gc.freeze()
+    # The nodes set node.gc_young_threshold (see node_config); set for the whole run too, so
+    # that the raw nats-py reference (no node) collects the same way.
+    gc.set_threshold(args.gc_young_threshold, *gc.get_threshold()[1:])
     concurrency = args.concurrency or int(FlowConfig.model_fields["concurrency"].default)
     fetch_batch = 256
     method = methods(concurrency, fetch_batch)
@@ -894,6 +920,7 @@ async def main(args: argparse.Namespace) -> int:
                 "publish_window": PUBLISH_WINDOW,
                 "publish_depth": PUBLISH_DEPTH,
                 "event_loop": "uvloop",
+                "gc_threshold": list(gc.get_threshold()),
                 "quick": args.quick,
             },
             "machine": machine_info(("uvloop", "orjson", "nats-py", "jmespath", "fastjsonschema")),

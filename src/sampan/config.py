@@ -154,6 +154,17 @@ class NodeConfig(_Section):
         " 0.1ms gave +35 % bus and +15 % flow throughput. null leaves Python's setting alone.",
     )
 
+    gc_young_threshold: int | None = Field(
+        None,
+        ge=100,
+        le=10_000_000,
+        description="Allocations between two collections of the garbage collector's youngest"
+        " generation, set for the node's process while it runs (older generations keep"
+        " theirs); null keeps Python's 700. Higher trades pauses for throughput: 5000 gave"
+        " a flow ~10 % more messages a second but young collections of up to ~9 ms (middle"
+        " ones ~17 ms) under a 10,000 msg/s bus load, against ~2 and ~4 ms at 700.",
+    )
+
     @field_validator("gil_switch_interval")
     @classmethod
     def _switch_interval_in_range(cls, value: float | None) -> float | None:

@@ -33,6 +33,7 @@ from sampan.bus.sqlite import SqliteBusOptions
 from sampan.config import ConfigError, RetentionConfig, SampanConfig, load_config
 from sampan.flows.service import FlowService
 from sampan.gateway.service import GatewayService
+from sampan.gc_threshold import GcYoungThreshold
 from sampan.mesh.mesh import Mesh
 from sampan.observe.metrics import Metrics
 from sampan.python_target import load_target
@@ -119,6 +120,7 @@ class Node:
         self._lag: dict[tuple[str, str], float] = {}
         self._started = False
         self._switch_interval = SwitchInterval(config.node.gil_switch_interval)
+        self._gc_threshold = GcYoungThreshold(config.node.gc_young_threshold)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -129,6 +131,7 @@ class Node:
                 sys.path.insert(0, str(entry))
         await asyncio.to_thread(Path(config.node.data_dir).mkdir, parents=True, exist_ok=True)
         self._switch_interval.apply()
+        self._gc_threshold.apply()
         await self.bus.start()
         self._started = True
         for topic in config.bus.topics:
@@ -225,6 +228,7 @@ class Node:
         if self._started:
             await self.bus.close()
         self._switch_interval.restore()
+        self._gc_threshold.restore()
         log.info("node %s stopped", self.config.node.name)
 
     async def run(self, run_for: float | None = None) -> None:

@@ -10,36 +10,22 @@ benchmark. At 0.1 ms the same thread is ~70 % busy, and throughput rises (bus en
 +35 %, flows +15 %; docs/benchmarks.md). Only threads that ask for the GIL are affected: a
 process with one busy thread never switches.
 
-The interval is one setting of the whole interpreter, so the node owns it: it sets it on start
-and puts back what it found on stop, unless something else changed it meanwhile.
+The interval is one setting of the whole interpreter, so the node holds it while it runs
+(`sampan.held_setting`).
 """
 
 from __future__ import annotations
 
 import sys
 
+from sampan.held_setting import HeldSetting
+
 DEFAULT_SWITCH_INTERVAL = 0.0001
 """Seconds. Measured 0.1 / 0.2 / 0.5 / 5 ms: 0.1 ms gave the best flows and bus throughput."""
 
 
-class SwitchInterval:
-    """Sets ``sys.setswitchinterval`` for as long as it is held, then restores the old value."""
+class SwitchInterval(HeldSetting[float]):
+    """``sys.setswitchinterval`` for as long as the node runs."""
 
     def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds
-        self._previous: float | None = None
-        self._applied: float | None = None
-
-    def apply(self) -> None:
-        if self.seconds is None or self._applied is not None:
-            return
-        self._previous = sys.getswitchinterval()
-        sys.setswitchinterval(self.seconds)
-        self._applied = sys.getswitchinterval()  # as the interpreter rounded it
-
-    def restore(self) -> None:
-        if self._applied is None or self._previous is None:
-            return
-        if sys.getswitchinterval() == self._applied:  # nobody changed it since
-            sys.setswitchinterval(self._previous)
-        self._applied = self._previous = None
+        super().__init__(seconds, sys.getswitchinterval, sys.setswitchinterval)
