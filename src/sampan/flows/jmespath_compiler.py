@@ -245,7 +245,7 @@ def _literal(node: Node, _parts: list[Compiled]) -> Compiled:
 
 
 def _current(_node: Node, _parts: list[Compiled]) -> Compiled:
-    return lambda value: value
+    return _identity
 
 
 def _index(node: Node, _parts: list[Compiled]) -> Compiled:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sampan.flows.message import FlowMessage
 from sampan.flows.outbox import Outbox
 
-SLOTS = ("_data", "_raw", "headers", "key", "origin", "outbox")
+SLOTS = FlowMessage.__slots__  # a slot added later and not set by `arrived` fails here
 
 
 def test_arrived_is_the_constructed_message() -> None:
