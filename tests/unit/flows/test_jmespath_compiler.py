@@ -194,3 +194,38 @@ def test_compiled_matches_on_random_documents(document: Any, text: str) -> None:
             compiled(document)
         return
     assert compiled(document) == expected
+
+
+message_data = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["", "a", "b"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["id", "amount", "items", "nested", "deep", "value", "sku", "x"]),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=14,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    data=message_data,
+    tier=st.none() | st.sampled_from(["vip", "std"]),
+    key=st.none() | st.sampled_from(["", "C1"]),
+    text=st.sampled_from(MESSAGE_EXPRESSIONS),
+)
+def test_message_evaluator_matches_on_random_payloads(
+    data: Any, tier: str | None, key: str | None, text: str
+) -> None:
+    headers = {} if tier is None else {"x-tier": tier}
+    context = {"data": data, "headers": headers, "key": key}
+    try:
+        expected: Any = jmespath.search(text, context, OPTIONS)
+    except TypeError:
+        with pytest.raises(TypeError):
+            evaluator(text)(FlowMessage(data, headers=dict(headers), key=key))
+        return
+    assert evaluator(text)(FlowMessage(data, headers=dict(headers), key=key)) == expected
