@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_SECONDS ?= 20
 LINT_PATHS := src tests bench examples scripts
 
-.PHONY: demo test lint typecheck bench-bus bench-flows bench-gateway bench-mesh bench-metrics clean
+.PHONY: demo test lint typecheck bench-bus bench-bus-catchup bench-flows bench-gateway bench-mesh bench-metrics clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: lint typecheck
 
 bench-bus: $(STAMP)
 	$(BIN)/python bench/bus.py
+
+bench-bus-catchup: $(STAMP)
+	$(BIN)/python bench/bus_catchup.py
 
 bench-flows: $(STAMP)
 	$(BIN)/python bench/flows.py
