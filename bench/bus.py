@@ -1192,8 +1192,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--gc-young-threshold",
         type=int,
         default=None,
-        help="the garbage collector's youngest-generation threshold for the whole run (default:"
-        " what a node sets, node.gc_young_threshold's default; 700 is Python's own)",
+        help="the garbage collector's youngest-generation threshold for the whole run, as"
+        " node.gc_young_threshold would set it (default: Python's own, 700)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -1221,12 +1221,11 @@ async def main(args: argparse.Namespace) -> int:
     gc.freeze()  # the pre-generated workload is not the benchmark's garbage
     # The embedded bus runs inside a node, which sets this for its process (a lone client
     # thread, as in the Redis and NATS phases, never waits for the GIL, so they are unchanged).
-    # Same for the garbage collector's youngest generation: set for every system alike.
-    from sampan.gc_threshold import DEFAULT_GC_YOUNG_THRESHOLD
     from sampan.switch_interval import DEFAULT_SWITCH_INTERVAL
 
     sys.setswitchinterval(args.switch_interval or DEFAULT_SWITCH_INTERVAL)
-    gc.set_threshold(args.gc_young_threshold or DEFAULT_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    if args.gc_young_threshold is not None:  # a node keeps Python's unless configured
+        gc.set_threshold(args.gc_young_threshold, *gc.get_threshold()[1:])
 
     tmp = Path(tempfile.mkdtemp(prefix="sampan-bench-bus-", dir=args.tmp))
     systems: list[System] = []
