@@ -242,11 +242,11 @@ class OwnedGroups:
             got = await self._call(lambda s, n: s.read(win.topic_id, win.group_id, start, room))
         finally:
             win.polling = False
+        win.next_poll = time.monotonic() + self.poll_interval
         # A full read means the file has more (a backlog: written before a restart, by another
-        # process, or before this one consumed the topic): read on at once, not a batch per
-        # poll interval (that capped catching up at ~5,000 msg/s).
-        full = len(got.rows) >= room
-        win.next_poll = time.monotonic() + (0.0 if full else self.poll_interval)
+        # process, or before this one consumed the topic): once what it found is taken, read
+        # on at once, not a batch per poll interval (that capped catching up at ~5,000 msg/s).
+        win.more_in_file = len(got.rows) >= room
         if got.owner != self.owner or got.epoch != win.epoch:
             self._drop(win)  # taken over, or moved by a replay: start again from the file
             return False
@@ -272,9 +272,9 @@ class OwnedGroups:
         task.add_done_callback(self._polls.discard)
 
     def _must_read(self, win: GroupWindow) -> bool:
-        """Read the file when a poll is due, or when this process's newer messages show that
-        another process wrote the ones before them."""
-        if time.monotonic() >= win.next_poll:
+        """Read the file when the last read left more there, when a poll is due, or when this
+        process's newer messages show that another process wrote the ones before them."""
+        if win.more_in_file or time.monotonic() >= win.next_poll:
             return True
         tail = self._tails.get(win.topic)
         return tail is not None and tail.last >= win.read_to

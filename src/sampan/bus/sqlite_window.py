@@ -57,6 +57,9 @@ class GroupWindow:
     """When (``time.monotonic``) to look in the file for other processes' messages."""
     polling: bool = False
     """A look in the file runs in the background."""
+    more_in_file: bool = False
+    """The last look filled its batch: the file has more (a backlog), read on without waiting
+    for ``next_poll``."""
     polled: list[Row] = field(default_factory=list)
     """What the last background look found, not taken yet (ascending offsets)."""
     leased: dict[int, Delivery] = field(default_factory=dict)
