@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR_ENV = "SAMPAN_BENCH_RESULTS"
+"""Where results go instead of ``bench/results`` (the test suite's smoke runs set it)."""
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -131,8 +133,9 @@ def _scrub(value: Any) -> Any:
 
 def write_results(name: str, data: Mapping[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` (pretty, keys in insertion order) and return its path."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    directory = Path(os.environ.get(RESULTS_DIR_ENV) or RESULTS_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     path.write_bytes(
         orjson.dumps(_scrub(data), option=orjson.OPT_INDENT_2, default=_json_default) + b"\n"
     )
