@@ -298,7 +298,7 @@ def node_config(
     service_port: int,
     with_flow: bool,
     concurrency: int | None,
-    gc_young_threshold: int = GC_YOUNG_THRESHOLD,
+    gc_young_threshold: int,
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     schema = root / "order.schema.json"

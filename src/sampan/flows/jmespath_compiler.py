@@ -123,7 +123,7 @@ def _field_path(node: Node, root: Root | None) -> Compiled:
         first = root.field(names[0])
         names = names[1:]
     else:
-        first = _identity
+        first = identity
     if len(names) == 1:
         (name,) = names
 
@@ -159,7 +159,8 @@ def _field_path(node: Node, root: Root | None) -> Compiled:
     return path
 
 
-def _identity(value: Any) -> Any:
+def identity(value: Any) -> Any:
+    """The value as it is (``@``, a path with nothing left to read, text needing no escape)."""
     return value
 
 
@@ -209,7 +210,7 @@ def _select_dict_on_root_field(node: Node, root: Root) -> Compiled | None:
         return None
     pairs: list[tuple[str, Compiled]] = []
     for key, rest in rests:
-        compiled = _identity if rest is None else compile_node(rest)
+        compiled = identity if rest is None else compile_node(rest)
         if compiled is None:
             return None
         pairs.append((key, compiled))
@@ -245,7 +246,7 @@ def _literal(node: Node, _parts: list[Compiled]) -> Compiled:
 
 
 def _current(_node: Node, _parts: list[Compiled]) -> Compiled:
-    return _identity
+    return identity
 
 
 def _index(node: Node, _parts: list[Compiled]) -> Compiled:
