@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from sampan.bus.sqlite import SqliteBus
 from sampan.bus.sqlite_checkpoint import Checkpointer
@@ -84,3 +87,23 @@ async def test_the_bus_leaves_checkpoints_to_the_checkpointer(tmp_path: Path) ->
         assert limit == bus._checkpointer.restart_frames * 4096
     finally:
         await bus.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_checkpointer_runs_nicer_than_the_process(tmp_path: Path) -> None:
+    path = tmp_path / "nice.db"
+    sqlite3.connect(path).close()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    checkpointer = Checkpointer(str(path), interval=0.01, niceness=7)
+    checkpointer.start()
+    try:
+        thread = checkpointer.native_id()
+        assert thread is not None
+        deadline = time.monotonic() + 2
+        while os.getpriority(os.PRIO_PROCESS, thread) == base and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert os.getpriority(os.PRIO_PROCESS, thread) == min(19, base + 7)
+        # Only that thread: this one (and so the event loop and the writer) keeps its own.
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    finally:
+        checkpointer.stop()
