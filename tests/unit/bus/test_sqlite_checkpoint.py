@@ -107,3 +107,27 @@ def test_the_checkpointer_runs_nicer_than_the_process(tmp_path: Path) -> None:
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
     finally:
         checkpointer.stop()
+
+
+def test_an_idle_wal_is_looked_at_less_often(tmp_path: Path) -> None:
+    path = tmp_path / "idle.db"
+    conn = open_connection(str(path), durability="full")
+    conn.execute("CREATE TABLE m (n INTEGER PRIMARY KEY, v BLOB)")
+    checkpointer = Checkpointer(str(path), interval=0.01, idle_interval=0.4)
+    checkpointer.prepare_writer(conn)
+    checkpointer.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        n = 0
+        while time.monotonic() < deadline:  # commits: a pass every 10 ms
+            conn.execute("INSERT INTO m VALUES (?, ?)", (n, ROW))
+            n += 1
+            time.sleep(0.002)
+        busy = checkpointer.passes
+        time.sleep(1.0)  # no commits: a pass every 0.4 s
+        idle = checkpointer.passes - busy
+    finally:
+        checkpointer.stop()
+        conn.close()
+    assert busy >= 8, f"{busy} passes in a busy second"
+    assert idle <= 4, f"{idle} passes in an idle second"
