@@ -23,16 +23,20 @@ class TtlCache(Generic[V]):
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: str) -> tuple[bool, V | None]:
-        """(found, value): a cached None is a hit too (a lookup that found nothing)."""
+    def get(self, key: str, *, count: bool = True) -> tuple[bool, V | None]:
+        """(found, value): a cached None is a hit too (a lookup that found nothing).
+        ``count=False``: a second look for a lookup already counted (``hits``/``misses``
+        count lookups, not looks)."""
         entry = self._entries.get(key)
         if entry is None or entry[0] <= self._clock():
             if entry is not None:
                 del self._entries[key]
-            self.misses += 1
+            if count:
+                self.misses += 1
             return False, None
         self._entries.move_to_end(key)
-        self.hits += 1
+        if count:
+            self.hits += 1
         return True, entry[1]
 
     def put(self, key: str, value: V) -> None:

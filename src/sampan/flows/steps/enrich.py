@@ -118,18 +118,19 @@ class EnrichStep(Step):
         found, value = cache.get(lookup)
         if found:
             return self._merge(message, payload, lookup, value)
-        return Later(partial(self._fetch, message, payload, lookup))
+        return Later(partial(self._fetch, message, payload, lookup, True))
 
     async def process(self, message: FlowMessage) -> list[FlowMessage]:
         return await self._fetch(message, self._payload(message), self._lookup(message))
 
     async def _fetch(
-        self, message: FlowMessage, payload: dict[str, Any], lookup: str
+        self, message: FlowMessage, payload: dict[str, Any], lookup: str, counted: bool = False
     ) -> list[FlowMessage]:
+        """``counted``: the cache was already asked (and missed) for this message."""
         if self._options.service is not None:
-            value = await self._cached(lookup, lambda: self._ask_service(lookup, message))
+            value = await self._cached(lookup, lambda: self._ask_service(lookup, message), counted)
         else:
-            value = await self._cached(lookup, lambda: self._read_table(lookup))
+            value = await self._cached(lookup, lambda: self._read_table(lookup), counted)
         return self._merge(message, payload, lookup, value)
 
     def _payload(self, message: FlowMessage) -> dict[str, Any]:
@@ -163,10 +164,11 @@ class EnrichStep(Step):
         message.data = {**payload, self._into: value}
         return [message]
 
-    async def _cached(self, lookup: str, fetch: Callable[[], Any]) -> Any:
+    async def _cached(self, lookup: str, fetch: Callable[[], Any], counted: bool = False) -> Any:
         cache = self._cache
         if cache is not None:
-            found, value = cache.get(lookup)
+            # Looked at again even after a miss: another message may have filled it since.
+            found, value = cache.get(lookup, count=not counted)
             if found:
                 return value
         value = await fetch()
