@@ -162,7 +162,7 @@ class SqliteBus(Bus):
     def _run(self) -> None:
         store = self._store
         assert store is not None and self._loop is not None
-        quiet = self._checkpointer.quiet if self._checkpointer is not None else threading.Lock()
+        checkpointer = self._checkpointer
         while True:
             first = self._queue.get()
             if first is None:
@@ -186,8 +186,9 @@ class SqliteBus(Bus):
                     break
                 batch.append(nxt)
                 weight += nxt.weight
-            with quiet:  # a rewind of the WAL runs between two transactions
-                appended = self._execute(store, batch)
+            if checkpointer is not None:
+                checkpointer.between_transactions(store.conn)  # a WAL rewind runs here
+            appended = self._execute(store, batch)
             try:
                 self._loop.call_soon_threadsafe(self._settle, batch, appended)
             except RuntimeError:  # the loop is closed: nobody is waiting any more

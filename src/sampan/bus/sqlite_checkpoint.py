@@ -6,22 +6,22 @@ start over under steady load: SQLite rewinds the WAL only when a write begins wi
 frame already copied, and a checkpoint that runs while commits append frames always ends a
 few frames behind (at 10,000 msg/s the WAL grew by ~30 MB a second and never shrank).
 
-So once the WAL is past ``restart_frames``, the checkpointer makes one pass reach its end: it
-holds the writer between two transactions (``quiet``) for one short pass, and the next
-commit writes the WAL from its start. That pass must fsync every database page the earlier
-passes copied (they never sync: they end behind the WAL's end), which took 20-70 ms while
-commits waited. Hence the database file's pages are sent to disk as they are copied
-(``sync_file_range`` after every pass, which does not wait) and flushed once more before the
-hold, through a descriptor SQLite already has open on the file: opening one of our own and
-closing it would drop every POSIX lock SQLite holds on the file in this process. The hold
-is then ~1 ms (measured). Without Linux's /proc and sync_file_range the rewind still works,
-only with the longer hold.
+So once the WAL is past ``restart_frames``, one pass must reach its end with no commit in
+between: the writer thread runs it itself, between two of its transactions
+(``between_transactions``), and the next commit writes the WAL from its start. That pass must
+fsync every database page the earlier passes copied (they never sync: they end behind the
+WAL's end), which took 20-70 ms while commits waited. Hence the database file's pages are
+sent to disk as they are copied (``sync_file_range`` after every pass, which does not wait)
+and flushed once more by this thread before it asks for the pass, through a descriptor SQLite
+already has open on the file: opening one of our own and closing it would drop every POSIX
+lock SQLite holds on the file in this process. The pass is then ~0.5 ms (measured). Without
+Linux's /proc and sync_file_range the rewind still works, only with the longer pass.
 
 A pass is 20-30 ms of CPU once a second at 10,000 msg/s. On two cores it takes one from the
-event loop and the writer thread just when the commits need both, so the checkpointer runs
-at a lower CPU priority (Linux: a thread's own niceness). It is not starved by it: under CFS a
-thread ten steps nicer still gets ~10 % of a contended core, and a WAL it lets grow is rewound
-by the hold above, which makes the writers wait until it is done.
+event loop and the writer thread just when the commits need both, so this thread runs at a
+lower CPU priority (Linux: a thread's own niceness), and more often, for shorter passes. The
+pass that holds up the writer is the writer's own, at the writer's priority: held by a nicer
+thread, it took up to 26 ms beside three CPU hogs (measured), against ~1 ms.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ checkpointer ran nicer, 0.25 s had been worse than 1 s: its passes took the core
 event loop and the writer."""
 
 IDLE_INTERVAL = 1.0
-"""Seconds to the next pass after one that found no new commit: an idle bus wakes the thread
-once a second, not ten times (0.4 ms of CPU a second saved, measured)."""
+"""Seconds to the next pass when nothing was committed since the last one (SQLite's
+``data_version``): an idle bus wakes the thread once a second, not ten times (idle process
+CPU over 10 s: 38.6 ms, against 109.4 ms without the back-off)."""
 
 RESTART_FRAMES = 65_536
 """WAL frames (pages: ~256 MiB at 4 KiB) past which the checkpointer rewinds it: a bound on
@@ -55,19 +56,20 @@ disk use that sustained load reaches every few seconds at most (~7 s at 10,000 1
 a second); at lighter loads the WAL starts over by itself after most checkpoints."""
 
 NICENESS = 10
-"""How much nicer than the process the checkpointer thread runs. At 10,000 msg/s the
-benchmark's p99 publish-to-handler latency was ~8.6 ms at 0 and ~7.5 ms at 10 (medians of 7
-alternating runs, Intel VM, 2026-12-07; 5 and 19 gave 7.5 and 6.7 ms, medians of 3), with the
-same throughput. Not 19: with three CPU hogs beside a writer committing every millisecond
-(``steady_writes`` in the tests, rewind at 7.8 MiB), the largest WAL was 11.0 MiB at 0,
-11.6 MiB at 10 and 84 MiB at 19, where the checkpoints fell behind."""
+"""How much nicer than the thread that starts it (the bus's) this thread runs. At 10,000
+msg/s the benchmark's p99 publish-to-handler latency was ~8.6 ms at 0 and ~7.5 ms at 10
+(medians of 7 alternating runs, Intel VM, 2026-12-07; 5 and 19 gave 7.5 and 6.7 ms, medians
+of 3), with the same throughput. Not 19: with three CPU hogs beside a writer committing every
+millisecond (``steady_writes`` in the tests, rewind at 7.8 MiB), the largest WAL was 11.0 MiB
+at 0, 11.6 MiB at 10 and 84 MiB at 19, where the checkpoints fell behind. (Under CFS a thread
+ten steps nicer gets ~10 % of a core it shares with one busy thread, ~5 % with two.)"""
 
 SYNC_FILE_RANGE_WRITE = 2
 
 
 class Checkpointer:
-    """Runs PASSIVE checkpoints from its own connection and thread; the database thread holds
-    ``quiet`` while a transaction runs."""
+    """Runs PASSIVE checkpoints from its own connection and thread; the database thread calls
+    ``between_transactions`` before each of its transactions."""
 
     def __init__(
         self,
@@ -85,7 +87,8 @@ class Checkpointer:
         self.niceness = niceness
         self.rewinds = 0
         self.passes = 0
-        self.quiet = threading.Lock()
+        self._rewind_wanted = False
+        """Set by this thread once the database is flushed; the writer runs the pass."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sampan-wal:{path}", daemon=True)
 
@@ -102,6 +105,20 @@ class Checkpointer:
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute(f"PRAGMA journal_size_limit={self.restart_frames * 4096}")
 
+    def between_transactions(self, conn: sqlite3.Connection) -> None:
+        """Called by the writer thread, on its connection, with no transaction open: when a
+        rewind is wanted, the pass that lets the next commit start the WAL over runs here."""
+        if not self._rewind_wanted:
+            return
+        self._rewind_wanted = False
+        try:
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("rewind skipped: %s", exc)
+            return
+        if not busy and frames == copied:  # the next commit starts the WAL over
+            self.rewinds += 1
+
     def native_id(self) -> int | None:
         """The thread's id for the OS (None before it started)."""
         return self._thread.native_id
@@ -116,17 +133,18 @@ class Checkpointer:
             # This connection's own descriptor: it stays open exactly as long as we use it.
             database = min(_descriptors_of(self.path) - others, default=None)
             write_back = _write_back_starter() if database is not None else None
-            wait, seen = self.interval, -1
+            wait, seen = self.interval, None
             while not self._stop.wait(wait):
+                version = _data_version(conn)
                 frames = self._pass(conn)
-                if frames is not None and frames == seen:
+                if version is not None and version == seen:
                     wait = self.idle_interval  # nothing committed since the last pass
                     continue
-                wait, seen = self.interval, -1 if frames is None else frames
+                wait, seen = self.interval, version
                 if database is not None and write_back is not None:
                     write_back(database)
                 if frames is not None and frames >= self.restart_frames:
-                    self._rewind(conn, database)
+                    self._rewind(database)
         finally:
             conn.close()
 
@@ -140,20 +158,23 @@ class Checkpointer:
             return None
         return int(frames)
 
-    def _rewind(self, conn: sqlite3.Connection, database: int | None) -> None:
+    def _rewind(self, database: int | None) -> None:
+        if self._rewind_wanted:
+            return  # asked already; the writer has not committed since
         if database is not None:
             try:
-                os.fdatasync(database)  # outside the hold: commits go on meanwhile
+                os.fdatasync(database)  # here, not in the writer's pass: commits go on meanwhile
             except OSError as exc:
                 log.debug("database flush before the rewind failed: %s", exc)
-        with self.quiet:
-            try:
-                busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            except sqlite3.Error as exc:
-                log.debug("rewind skipped: %s", exc)
-                return
-        if not busy and frames == copied:  # the next commit starts the WAL over
-            self.rewinds += 1
+        self._rewind_wanted = True
+
+
+def _data_version(conn: sqlite3.Connection) -> int | None:
+    """Changes whenever another connection committed (None when it cannot be read)."""
+    try:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+    except sqlite3.Error:
+        return None
 
 
 def _be_nicer(steps: int) -> None:
