@@ -1221,11 +1221,12 @@ async def main(args: argparse.Namespace) -> int:
     gc.freeze()  # the pre-generated workload is not the benchmark's garbage
     # The embedded bus runs inside a node, which sets this for its process (a lone client
     # thread, as in the Redis and NATS phases, never waits for the GIL, so they are unchanged).
+    from sampan.gc_threshold import GcYoungThreshold
     from sampan.switch_interval import DEFAULT_SWITCH_INTERVAL
 
     sys.setswitchinterval(args.switch_interval or DEFAULT_SWITCH_INTERVAL)
-    if args.gc_young_threshold is not None:  # a node keeps Python's unless configured
-        gc.set_threshold(args.gc_young_threshold, *gc.get_threshold()[1:])
+    # As node.gc_young_threshold would, for the whole run (None: Python's own, a node's default).
+    GcYoungThreshold(args.gc_young_threshold).apply()
 
     tmp = Path(tempfile.mkdtemp(prefix="sampan-bench-bus-", dir=args.tmp))
     systems: list[System] = []

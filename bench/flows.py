@@ -856,6 +856,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def main(args: argparse.Namespace) -> int:
     from sampan.flows.config import FlowConfig
+    from sampan.gc_threshold import GcYoungThreshold
 
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     if wanted - {"sqlite", "nats"}:
@@ -874,7 +875,7 @@ async def main(args: argparse.Namespace) -> int:
     gc.freeze()
     # The nodes set node.gc_young_threshold (see node_config); set for the whole run too, so
     # that the raw nats-py reference (no node) collects the same way.
-    gc.set_threshold(args.gc_young_threshold, *gc.get_threshold()[1:])
+    GcYoungThreshold(args.gc_young_threshold).apply()
     concurrency = args.concurrency or int(FlowConfig.model_fields["concurrency"].default)
     fetch_batch = 256
     method = methods(concurrency, fetch_batch)

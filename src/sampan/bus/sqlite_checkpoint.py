@@ -160,7 +160,7 @@ class Checkpointer:
 
     def _rewind(self, database: int | None) -> None:
         if self._rewind_wanted:
-            return  # asked already; the writer has not committed since
+            return  # asked already; the writer has not run the pass yet
         if database is not None:
             try:
                 os.fdatasync(database)  # here, not in the writer's pass: commits go on meanwhile
