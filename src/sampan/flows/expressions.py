@@ -26,7 +26,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import AfterValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from sampan.flows.jmespath_compiler import Root, compile_node, identity
+from sampan.flows.jmespath_codegen import generated_or_compiled
+from sampan.flows.jmespath_compiler import Root, identity
 from sampan.flows.message import FlowMessage
 
 _BRACE_RE: Final = re.compile(r"\{([^{}]+)\}")
@@ -147,10 +148,11 @@ _ROOTS: Final[dict[str, Callable[[FlowMessage], Any]]] = {
 
 
 def _on_message(node: Mapping[str, Any]) -> Callable[[FlowMessage], Any] | None:
-    """The expression compiled to closures (see `sampan.flows.jmespath_compiler`), None when
-    it needs the interpreter. ``data``/``headers``/``key`` at the top are read straight off
-    the message, so ``headers.x`` neither builds the context dict nor decodes the payload."""
-    return compile_node(node, _MESSAGE_ROOT)
+    """The expression compiled (see `sampan.flows.jmespath_codegen` and
+    `sampan.flows.jmespath_compiler`), None when it needs the interpreter.
+    ``data``/``headers``/``key`` at the top are read straight off the message, so
+    ``headers.x`` neither builds the context dict nor decodes the payload."""
+    return generated_or_compiled(node, _MESSAGE_ROOT)
 
 
 def _nothing(_message: FlowMessage) -> Any:
@@ -186,7 +188,7 @@ def is_truthy(value: Any) -> bool:
 def searcher(text: str) -> Callable[[Any], Any]:
     """Evaluate a JMESPath expression against any document (not a message)."""
     parsed = compile_jmespath(text)
-    compiled = compile_node(parsed.parsed)
+    compiled = generated_or_compiled(parsed.parsed)
     if compiled is not None:
         return compiled
     return lambda document: parsed.search(document, _OPTIONS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jmespath
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sampan.flows.expressions import evaluator, searcher
+from sampan.flows.jmespath_codegen import generate
 from sampan.flows.jmespath_compiler import compile_node
 from sampan.flows.message import _UNDECODED, FlowMessage
 
@@ -55,6 +57,11 @@ EXPRESSIONS = [
     "a.b | c",
     "{a: a, n: {b: b}}.n.b",
     "items[*].[sku, qty]",
+    "{a: a.b.c, l: items[*].{sku: sku}, p: items[0].sku, f: items[?qty > `1`].sku}",
+    "items[*].{s: sku, n: `1`, w: @}.s",
+    "nested[*][*]",
+    "{l: [a, b.c], m: {n: a} | n, o: obj.*.v}",
+    "a.b | {x: c, y: d}",
 ]
 
 DOCUMENTS: list[Any] = [
@@ -99,6 +106,62 @@ def test_compiled_matches_the_interpreter(text: str) -> None:
             actual = ("raises", None)
         assert actual == expected, (text, document)
         assert type(actual[1]) is type(expected[1]), (text, document)
+
+
+GENERATED = [text for text in EXPRESSIONS if generate(jmespath.compile(text).parsed) is not None]
+
+
+def test_selections_are_generated_and_the_rest_is_not() -> None:
+    assert "items[*].{sku: sku, qty: qty}" in GENERATED
+    assert "{a: a.b.c, l: items[*].{sku: sku}, p: items[0].sku, f: items[?qty > `1`].sku}" in (
+        GENERATED
+    )
+    assert len(GENERATED) >= 10
+    for plain in ("a.b.c", "a > `10`", "items[0]", "a || b"):
+        assert generate(jmespath.compile(plain).parsed) is None  # one closure is as fast
+
+
+@pytest.mark.parametrize("text", GENERATED)
+def test_generated_matches_the_interpreter(text: str) -> None:
+    parsed = jmespath.compile(text)
+    generated = generate(parsed.parsed)
+    assert generated is not None
+    for document in DOCUMENTS:
+        try:
+            expected: Any = ("ok", parsed.search(document, OPTIONS))
+        except TypeError:
+            expected = ("raises", None)
+        try:
+            actual: Any = ("ok", generated(document))
+        except TypeError:
+            actual = ("raises", None)
+        assert actual == expected, (text, document)
+        assert type(actual[1]) is type(expected[1]), (text, document)
+
+
+def test_names_and_literals_never_become_source() -> None:
+    """Quoted identifiers may hold any text: it is bound as a value, never written as code."""
+    hostile = 'x"); import os; ("'
+    name, newline, quote = (json.dumps(n) for n in (hostile, "a\nb", 'q"'))
+    text = f'{{{name}: {name}, {newline}: `"__import__(\\"os\\")"`, {quote}: items[*].{name}}}'
+    parsed = jmespath.compile(text)
+    generated = generate(parsed.parsed)
+    assert generated is not None
+    document = {hostile: 1, "items": [{hostile: 2}, {}, {hostile: None}, "s"]}
+    assert generated(document) == parsed.search(document, OPTIONS)
+    assert generated(document) == {hostile: 1, "a\nb": '__import__("os")', 'q"': [2]}
+    assert hostile not in generated.__code__.co_consts
+
+
+def test_nesting_too_deep_for_one_function_falls_back_to_the_closures() -> None:
+    text = "a" + "[*].a" * 30
+    document: Any = 1
+    for _ in range(31):
+        document = {"a": [document]}
+    document = document["a"][0]
+    parsed = jmespath.compile(text)
+    assert generate(parsed.parsed) is None  # Python allows 20 nested blocks
+    assert searcher(text)(document) == parsed.search(document, OPTIONS)
 
 
 @pytest.mark.parametrize("text", ["length(a)", "a[1:2]", "sort_by(items, &qty)"])
@@ -229,3 +292,18 @@ def test_message_evaluator_matches_on_random_payloads(
             evaluator(text)(FlowMessage(data, headers=dict(headers), key=key))
         return
     assert evaluator(text)(FlowMessage(data, headers=dict(headers), key=key)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=json_values, text=st.sampled_from(GENERATED))
+def test_generated_matches_on_random_documents(document: Any, text: str) -> None:
+    parsed = jmespath.compile(text)
+    generated = generate(parsed.parsed)
+    assert generated is not None
+    try:
+        expected: Any = parsed.search(document, OPTIONS)
+    except TypeError:
+        with pytest.raises(TypeError):
+            generated(document)
+        return
+    assert generated(document) == expected
