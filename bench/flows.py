@@ -11,7 +11,7 @@ Measured in the same run, on fresh topics/streams each time:
 1. ``flow-sqlite``: the flow on the embedded bus (SQLite, ``durability: full``);
 2. ``handwritten-sqlite``: ``bus.subscribe`` with a plain-Python handler doing the same five
    things (fastjsonschema, a dict comprehension, an ``if``, a dict cache in front of the same
-   mesh service, ``bus.publish``) with the same consumer options as the flow;
+   mesh service, ``bus.publish``), consuming ``concurrency`` 256 (its best; the flow's 1,024);
 3. ``flow-nats``: the flow on sampan's NATS JetStream backend;
 4. ``handwritten-nats``: the hand-written handler on sampan's NATS backend (splits the flow's
    overhead from the backend's);
@@ -19,7 +19,9 @@ Measured in the same run, on fresh topics/streams each time:
    five steps per message, publishing each output with ``js.publish_async`` and acking the
    inputs of a batch once every output's PubAck is in (at-least-once, as the flow).
 
-End-to-end time runs from the first input publish until every input is processed and its
+The inputs are published during the run, in windows of 500, by a producer in the same
+process (the messages are built beforehand, like their payloads). End-to-end time runs from
+the first input publish until every input is processed and its
 output is durable on an output topic (group lag 0 / every input acked after its PubAck).
 Output topics are counted afterwards.
 
@@ -78,9 +80,15 @@ CACHE_TTL = "60s"
 PUBLISH_WINDOW = 500
 PUBLISH_DEPTH = 2
 RAW_FETCH = 256
-CONCURRENCY = 256
-"""The flow's ``concurrency`` (and the hand-written consumer's): messages in flight on
-different keys. The flow default (16) keeps ~16 outputs per fsync; see the report."""
+FLOW_CONCURRENCY = 1024
+"""The flow's ``concurrency``: messages in flight on different keys (1,024 is the most a flow
+allows). A message holds its slot until its outputs are durable, so by Little's law ~30k/s
+through a batch's processing plus its commit (~10-20 ms here) needs ~300-600 slots; at 256
+the event loop sat idle ~13 % of the run waiting for commits (docs/benchmarks.md). The flow
+default (16) keeps ~16 outputs per fsync."""
+HANDWRITTEN_CONCURRENCY = 256
+"""The hand-written consumer's: it awaits each publish alone, and ran slower at 1,024
+(14.0-15.6k/s against 16.0-17.3k/s at 256), so it runs at its own best."""
 NATS_MAX_PENDING = 4000
 GC_YOUNG_THRESHOLD = 5000
 """The nodes' ``node.gc_young_threshold``: a throughput-bound flow node's setting (Python's
@@ -398,17 +406,20 @@ async def windows(total: int, start_window: Callable[[int, int], Awaitable[Any]]
         await fut
 
 
-async def publish_inputs(bus: Any, topic: str, wl: Workload) -> None:
+def input_messages(wl: Workload) -> list[Any]:
+    """The producer's messages, built before the clock starts, as the payloads are: what is
+    timed is publishing them (the bus's work), not packing bytes into objects."""
     from sampan.bus.base import OutgoingMessage
 
-    payloads, keys = wl.payloads, wl.keys
+    pairs = zip(wl.payloads, wl.keys, strict=True)
+    return [OutgoingMessage(payload, key) for payload, key in pairs]
 
+
+async def publish_inputs(bus: Any, topic: str, messages: list[Any]) -> None:
     async def window(lo: int, hi: int) -> None:
-        await bus.publish_batch(
-            topic, [OutgoingMessage(payloads[i], keys[i]) for i in range(lo, hi)]
-        )
+        await bus.publish_batch(topic, messages[lo:hi])
 
-    await windows(len(wl), window)
+    await windows(len(messages), window)
 
 
 async def wait_drained(bus: Any, topic: str, group: str, publisher: asyncio.Future[None]) -> None:
@@ -520,12 +531,13 @@ async def run_node(
                 handwritten.handle,
                 ConsumerOptions(concurrency=concurrency, batch=config.bus.fetch_batch),
             )
+        messages = input_messages(wl)
         # As `sampan up` does once the node has started (Node.run): what start-up built stays
         # out of every later collection. Undone when the run ends (the node goes away).
         gc.collect()
         gc.freeze()
         t0 = time.perf_counter()
-        publisher = asyncio.ensure_future(publish_inputs(bus, names.input, wl))
+        publisher = asyncio.ensure_future(publish_inputs(bus, names.input, messages))
         try:
             async with asyncio.timeout(limit):
                 await wait_drained(bus, names.input, group, publisher)
@@ -709,13 +721,14 @@ LABELS = {
 }
 
 
-def methods(concurrency: int, fetch_batch: int) -> dict[str, str]:
-    node = f"Consumer(concurrency={concurrency}, batch={fetch_batch})"
+def methods(concurrency: dict[str, int], fetch_batch: int) -> dict[str, str]:
+    flow = f"Consumer(concurrency={concurrency['flow']}, batch={fetch_batch})"
+    hand = f"Consumer(concurrency={concurrency['handwritten']}, batch={fetch_batch})"
     return {
-        "flow-sqlite": f"Node + flow; {node}",
-        "handwritten-sqlite": f"Node; bus.subscribe, {node}, await bus.publish per message",
-        "flow-nats": f"Node + flow; {node}",
-        "handwritten-nats": f"Node; bus.subscribe, {node}, await bus.publish per message",
+        "flow-sqlite": f"Node + flow; {flow}",
+        "handwritten-sqlite": f"Node; bus.subscribe, {hand}, await bus.publish per message",
+        "flow-nats": f"Node + flow; {flow}",
+        "handwritten-nats": f"Node; bus.subscribe, {hand}, await bus.publish per message",
         "raw-nats": f"pull fetch({RAW_FETCH}); publish_async per output; gather PubAcks; ack",
     }
 
@@ -830,8 +843,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=CONCURRENCY,
-        help="the flow's `concurrency`, also the hand-written consumer's (default: %(default)s)",
+        default=FLOW_CONCURRENCY,
+        help="the flow's `concurrency` (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--handwritten-concurrency",
+        type=int,
+        default=HANDWRITTEN_CONCURRENCY,
+        help="the hand-written consumers' concurrency (default: %(default)s)",
     )
     parser.add_argument(
         "--gc-young-threshold",
@@ -876,7 +895,10 @@ async def main(args: argparse.Namespace) -> int:
     # The nodes set node.gc_young_threshold (see node_config); set for the whole run too, so
     # that the raw nats-py reference (no node) collects the same way.
     GcYoungThreshold(args.gc_young_threshold).apply()
-    concurrency = args.concurrency or int(FlowConfig.model_fields["concurrency"].default)
+    concurrency = {
+        "flow": args.concurrency or int(FlowConfig.model_fields["concurrency"].default),
+        "handwritten": args.handwritten_concurrency,
+    }
     fetch_batch = 256
     method = methods(concurrency, fetch_batch)
     results = {s: SystemResult(s, LABELS[s], method[s]) for s in systems}
@@ -889,7 +911,13 @@ async def main(args: argparse.Namespace) -> int:
                 print(f"  round {round_no + 1}: {system:<20}", end="", flush=True)
                 try:
                     run = await run_system(
-                        system, wl, service.port, tmp, round_no, concurrency, args.phase_timeout
+                        system,
+                        wl,
+                        service.port,
+                        tmp,
+                        round_no,
+                        concurrency["flow" if system.startswith("flow") else "handwritten"],
+                        args.phase_timeout,
                     )
                 except Exception as exc:  # a report: note the failure, go on
                     result.error = f"{type(exc).__name__}: {exc}"
@@ -916,7 +944,8 @@ async def main(args: argparse.Namespace) -> int:
                 "mean_payload_bytes": round(args.mean_bytes, 1),
                 "customers": CUSTOMERS,
                 "cache_ttl": CACHE_TTL,
-                "flow_concurrency": concurrency,
+                "flow_concurrency": concurrency["flow"],
+                "handwritten_concurrency": concurrency["handwritten"],
                 "fetch_batch": fetch_batch,
                 "publish_window": PUBLISH_WINDOW,
                 "publish_depth": PUBLISH_DEPTH,
