@@ -19,11 +19,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sampan.flows.jmespath_compiler import Compiled, Node, Root, compile_node
+from sampan.flows.jmespath_compiler import (
+    ORDERING,
+    Compiled,
+    Node,
+    Root,
+    compile_node,
+    equals,
+    is_false,
+    negate,
+    orderable,
+)
 
-_WORTH_GENERATING = frozenset({"multi_select_dict", "multi_select_list", "projection"})
+_WORTH_GENERATING = frozenset(
+    {
+        "multi_select_dict",
+        "multi_select_list",
+        "projection",
+        "comparator",
+        "and_expression",
+        "or_expression",
+        "not_expression",
+    }
+)
 """Top nodes (alone or at the end of a path) whose subtrees are worth one function: the
-rest (a path, a comparison) is already one or two closures."""
+rest (a path, a literal) is already one or two closures."""
+
+_OPERATORS = {"lt": "<", "gt": ">", "lte": "<=", "gte": ">="}
+assert _OPERATORS.keys() == ORDERING.keys()
+
+_ORDERED_TYPES = frozenset({int, float, str})
+"""What JSON decodes to and JMESPath orders, told by exact type (bool is not among them)."""
 
 
 class _NotGenerated(Exception):
@@ -100,6 +126,15 @@ class _Writer:
             )
         if kind == "projection":
             return self._projection(node, src, at_root, indent)
+        if kind == "comparator":
+            return self._comparator(node, src, at_root, indent)
+        if kind in ("and_expression", "or_expression"):
+            return self._logical(node, src, at_root, indent)
+        if kind == "not_expression":
+            inner = self.node(node["children"][0], src, at_root, indent)
+            out = self.temp()
+            self.emit(indent, f"{out} = {self.bind(negate)}({inner})")
+            return out
         if kind == "literal":
             return self.bind(node["value"])
         if kind in ("current", "identity"):
@@ -118,15 +153,16 @@ class _Writer:
         return out
 
     def _root_field(self, name: str, src: str, indent: int) -> str:
-        """A top-level field read off the message once: every read emitted at the root runs
-        whenever the function gets past its first statements (the message is never None),
-        so the first read can serve the later ones."""
+        """A top-level field read off the message once: a read at the function's first
+        level always runs, so it serves every later one. A read inside a branch (the right
+        side of ``||``) stays there: reading ``data`` decodes the payload."""
         known = self._root_reads.get(name)
         if known is not None:
             return known
-        assert self._root is not None and indent == 1, "a root read must be unconditional"
+        assert self._root is not None
         out = self._call(self._root.field(name), src, indent)
-        self._root_reads[name] = out
+        if indent == 1:
+            self._root_reads[name] = out
         return out
 
     def _fields(self, src: str, names: list[str], indent: int) -> str:
@@ -181,6 +217,45 @@ class _Writer:
             self.emit(inner, f"{out} = {{{items}}}")
         else:
             self.emit(inner, f"{out} = [{', '.join(value for _, value in values)}]")
+        return out
+
+    def _comparator(self, node: Node, src: str, at_root: bool, indent: int) -> str:
+        """Equality by `equals` (0 is not false); ordering only between two numbers or two
+        strings, else null, as the closures do; a literal operand's type is known here."""
+        left_node, right_node = node["children"]
+        left = self.node(left_node, src, at_root, indent)
+        right = self.node(right_node, src, at_root, indent)
+        out, op = self.temp(), node["value"]
+        if op in ("eq", "ne"):
+            negation = "not " if op == "ne" else ""
+            self.emit(indent, f"{out} = {negation}{self.bind(equals)}({left}, {right})")
+            return out
+        types, check = self.bind(_ORDERED_TYPES), self.bind(orderable)
+        tests = [
+            f"(type({value}) in {types} or {check}({value}))"
+            for value, operand in ((left, left_node), (right, right_node))
+            if not (operand["type"] == "literal" and type(operand["value"]) in _ORDERED_TYPES)
+        ]
+        if not tests:
+            self.emit(indent, f"{out} = {left} {_OPERATORS[op]} {right}")
+            return out
+        self.emit(indent, f"if {' and '.join(tests)}:")
+        self.emit(indent + 1, f"{out} = {left} {_OPERATORS[op]} {right}")
+        self.emit(indent, "else:")
+        self.emit(indent + 1, f"{out} = None")
+        return out
+
+    def _logical(self, node: Node, src: str, at_root: bool, indent: int) -> str:
+        """``a || b`` is ``a`` unless it is false, ``a && b`` is ``a`` if it is false: the
+        right side runs only when needed."""
+        first = self.node(node["children"][0], src, at_root, indent)
+        out = self.temp()
+        negation = "" if node["type"] == "or_expression" else "not "
+        self.emit(indent, f"if {negation}{self.bind(is_false)}({first}):")
+        second = self.node(node["children"][1], src, at_root, indent + 1)
+        self.emit(indent + 1, f"{out} = {second}")
+        self.emit(indent, "else:")
+        self.emit(indent + 1, f"{out} = {first}")
         return out
 
     def _projection(self, node: Node, src: str, at_root: bool, indent: int) -> str:

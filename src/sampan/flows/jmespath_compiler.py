@@ -36,11 +36,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, Number) and not isinstance(value, bool)
 
 
-def _orderable(value: Any) -> bool:
+def orderable(value: Any) -> bool:
     return _is_number(value) or isinstance(value, str)
 
 
-def _equals(left: Any, right: Any) -> bool:
+def equals(left: Any, right: Any) -> bool:
     # 0/1 never equal false/true in JMESPath, although they do in Python.
     if _is_number(left) and left in (0, 1) and isinstance(right, bool):
         return False
@@ -49,7 +49,7 @@ def _equals(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
-_ORDERING: dict[str, Callable[[Any, Any], Any]] = {
+ORDERING: dict[str, Callable[[Any, Any], Any]] = {
     "lt": operator.lt,
     "gt": operator.gt,
     "lte": operator.le,
@@ -363,15 +363,15 @@ def _comparator(node: Node, parts: list[Compiled]) -> Compiled:
     left, right = parts
     op = node["value"]
     if op == "eq":
-        return lambda value: _equals(left(value), right(value))
+        return lambda value: equals(left(value), right(value))
     if op == "ne":
-        return lambda value: not _equals(left(value), right(value))
-    compare = _ORDERING[op]
+        return lambda value: not equals(left(value), right(value))
+    compare = ORDERING[op]
 
     def ordered(value: Any) -> Any:
         a = left(value)
         b = right(value)
-        if not (_orderable(a) and _orderable(b)):
+        if not (orderable(a) and orderable(b)):
             return None
         return compare(a, b)
 
@@ -398,16 +398,16 @@ def _and(_node: Node, parts: list[Compiled]) -> Compiled:
     return both
 
 
+def negate(result: Any) -> bool:
+    """JMESPath's ``!``: ``!0`` is false, as 0 is an ordinary (true) number."""
+    if _is_number(result) and result == 0:
+        return False
+    return not result
+
+
 def _not(_node: Node, parts: list[Compiled]) -> Compiled:
     (inner,) = parts
-
-    def negate(value: Any) -> Any:
-        result = inner(value)
-        if _is_number(result) and result == 0:
-            return False  # !0 is false: 0 is an ordinary (true) number in JMESPath
-        return not result
-
-    return negate
+    return lambda value: negate(inner(value))
 
 
 _LEAVES = frozenset({"field", "literal", "current", "identity", "index"})

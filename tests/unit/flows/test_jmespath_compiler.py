@@ -116,8 +116,9 @@ def test_selections_are_generated_and_the_rest_is_not() -> None:
     assert "{a: a.b.c, l: items[*].{sku: sku}, p: items[0].sku, f: items[?qty > `1`].sku}" in (
         GENERATED
     )
-    assert len(GENERATED) >= 10
-    for plain in ("a.b.c", "a > `10`", "items[0]", "a || b"):
+    assert {"a > `10`", "a < b", "a == b", "a || b", "a && b", "!a"} <= set(GENERATED)
+    assert len(GENERATED) >= 25
+    for plain in ("a.b.c", "items[0]", "`1`", "@"):
         assert generate(jmespath.compile(plain).parsed) is None  # one closure is as fast
 
 
@@ -205,6 +206,14 @@ MESSAGE_EXPRESSIONS = [
     "{first: data[0], amount: data.amount}",
     "{o: other.x, p: other}",
     "{one: data.id}",
+    "key || data.amount",
+    "headers.missing || {a: data.amount, k: key}",
+    "data.amount > `10` || data.amount < `2`",
+    "!(data.amount >= `3`) && data.id != `7`",
+    "data.amount > headers.missing",
+    "data.amount <= `12.5`",
+    "key < 'C2'",
+    "{big: data.amount > `5`, id: data.id == `7`, no: !data.id}",
 ]
 
 
@@ -230,6 +239,9 @@ def test_a_header_expression_does_not_decode_the_payload() -> None:
     assert evaluator('headers."x-tier"')(message) == "vip"
     assert evaluator("key")(message) == "k"
     assert message._data is _UNDECODED
+    assert evaluator("headers.\"x-tier\" == 'std' && data.a > `0`")(message) is False
+    assert evaluator("key || data.a")(message) == "k"
+    assert message._data is _UNDECODED  # the right side of && and || runs only when needed
     assert evaluator("data.a > `0`")(message) is True
     assert message._data == {"a": 1}
 
