@@ -570,19 +570,33 @@ class SqliteStore:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def read(self, topic_id: int, group_id: int, start: int, limit: int) -> ReadResult:
+    def read(
+        self, topic_id: int, group_id: int, start: int, limit: int, held_to: int | None = None
+    ) -> ReadResult:
         """Messages from ``start`` on (other processes' publishes, catch-up), with the
-        group's owner and epoch so the reader notices a takeover or a replay."""
-        rows: list[Row] = self.conn.execute(
-            "SELECT offset, key, value, headers, published_at, deliver_at, target_group, size"
-            f" FROM {message_table(topic_id)} WHERE offset >= ? ORDER BY offset LIMIT ?",
-            (start, limit),
-        ).fetchall()
+        group's owner and epoch so the reader notices a takeover or a replay.
+
+        ``held_to``: the reader holds every message from ``start`` to there in memory (its
+        own publishes): the rows are read only if the topic has messages after it."""
+        rows: list[Row] = []
+        if held_to is None or self._topic_end(topic_id) > held_to + 1:
+            rows = self.conn.execute(
+                "SELECT offset, key, value, headers, published_at, deliver_at, target_group,"
+                f" size FROM {message_table(topic_id)} WHERE offset >= ? ORDER BY offset LIMIT ?",
+                (start, limit),
+            ).fetchall()
         found = self.conn.execute(
             "SELECT owner, epoch FROM groups WHERE id = ?", (group_id,)
         ).fetchone()
         owner, epoch = (None, -1) if found is None else found
         return ReadResult(rows, owner, epoch)
+
+    def _topic_end(self, topic_id: int) -> int:
+        """The offset the topic's next message gets (committed publishes of every process)."""
+        found = self.conn.execute(
+            "SELECT next_offset FROM topics WHERE id = ?", (topic_id,)
+        ).fetchone()
+        return 0 if found is None else int(found[0])
 
     def fetch_rows(
         self,

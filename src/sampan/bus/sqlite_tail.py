@@ -32,6 +32,9 @@ class TailCache:
         self._bytes = 0
         self.last = -1
         """The highest offset ever added: below it, a missing offset is another process's."""
+        self._unbroken_from = 0
+        """Where the newest run of consecutive offsets began: from there to ``last`` no other
+        process wrote."""
 
     def add(self, rows: list[Row], size: int) -> None:
         """Add consecutive rows (``size`` bytes of values) newer than everything held."""
@@ -42,6 +45,8 @@ class TailCache:
             self._starts.clear()
             self._chunks.clear()
             self._rows = self._bytes = 0
+        if first != self.last + 1 or not self._chunks:
+            self._unbroken_from = first
         self._starts.append(first)
         self._chunks.append(rows)
         self._rows += len(rows)
@@ -54,6 +59,12 @@ class TailCache:
             old = self._chunks.popleft()
             self._rows -= len(old)
             self._bytes -= sum(r[7] for r in old)
+
+    def holds_all_from(self, offset: int) -> bool:
+        """Whether every offset from ``offset`` to ``last`` is held: then the file has
+        nothing there that this cache lacks (only, perhaps, rows after ``last``)."""
+        starts = self._starts
+        return bool(starts) and max(starts[0], self._unbroken_from) <= offset <= self.last + 1
 
     def read(self, offset: int, limit: int) -> list[Row]:
         """Up to ``limit`` consecutive rows from ``offset`` on (empty if it is not held)."""

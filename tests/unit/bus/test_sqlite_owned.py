@@ -189,6 +189,60 @@ def test_tail_cache_reads_across_chunks_and_stops_at_gaps() -> None:
     assert tail.last == 9
 
 
+def test_tail_cache_knows_where_it_holds_everything_to_its_end() -> None:
+    tail = TailCache(max_rows=6)
+    assert not tail.holds_all_from(0)
+    tail.add(rows(0, 3), 3)
+    tail.add(rows(3, 2), 2)
+    assert tail.holds_all_from(0) and tail.holds_all_from(4)
+    assert tail.holds_all_from(5)  # nothing after the end to lack
+    assert not tail.holds_all_from(6)
+    tail.add(rows(8, 2), 2)  # 5..7 were another process's; 0..3 are dropped (bound)
+    assert not tail.holds_all_from(4)  # dropped
+    assert not tail.holds_all_from(5) and not tail.holds_all_from(7)  # the gap
+    assert tail.holds_all_from(8) and tail.holds_all_from(10)
+
+
+async def test_the_file_is_read_back_only_for_what_memory_lacks(
+    open_bus: Callable[[], Awaitable[SqliteBus]],
+) -> None:
+    """A look in the file by a reader holding offsets 0..2 in memory reads no rows unless the
+    topic has more (``held_to``)."""
+    bus = await open_bus()
+    await bus.create_group("t", "g")
+    await bus.publish_batch("t", [OutgoingMessage(b"%d" % i) for i in range(3)])
+
+    async def rows_read(held_to: int | None) -> list[int]:
+        got = await bus._call(
+            lambda s, _: s.read(s.topic("t").id, s.group("t", "g").id, 0, 10, held_to)
+        )
+        return [row[0] for row in got.rows]
+
+    assert await rows_read(None) == [0, 1, 2]
+    assert await rows_read(2) == []
+    assert await rows_read(1) == [0, 1, 2]  # the topic has more than the reader holds
+
+
+async def test_messages_another_process_appends_are_found_while_memory_has_none(
+    open_bus: Callable[[], Awaitable[SqliteBus]],
+) -> None:
+    mine, other = await open_bus(), await open_bus()
+    await mine.create_group("t", "g")
+    await mine.publish_batch("t", [OutgoingMessage(b"m0")])
+    got = await mine.fetch("t", "g", consumer="a", max_messages=10, lease_seconds=10)
+    assert [d.value for d in got] == [b"m0"]
+    await mine.ack(got)
+    await other.publish_batch("t", [OutgoingMessage(b"o1")])
+    seen: list[bytes] = []
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while not seen and asyncio.get_running_loop().time() < deadline:
+        got = await mine.fetch(
+            "t", "g", consumer="a", max_messages=10, lease_seconds=10, wait_seconds=0.2
+        )
+        seen += [d.value for d in got]
+    assert seen == [b"o1"]
+
+
 def test_tail_cache_drops_the_oldest_past_its_bound() -> None:
     tail = TailCache(max_rows=4)
     tail.add(rows(0, 3), 3)
