@@ -201,6 +201,9 @@ class SqliteStore:
         self.appended: list[tuple[str, list[Row], int]] = []
         """Rows this store inserted since the bus last took them (``take_appended``): after
         the commit they are handed to this process's consumers from memory."""
+        self._own_runs: dict[int, tuple[int, int]] = {}
+        """Per topic id, the newest run of consecutive offsets this store appended (start,
+        end): no other process wrote in between."""
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -404,6 +407,8 @@ class SqliteStore:
             (count, count, size, row.id),
         ).fetchone()[0]
         first = end - count
+        run = self._own_runs.get(row.id)
+        self._own_runs[row.id] = (run[0] if run is not None and run[1] == first else first, end)
         if encoded is None and any(m.headers for m in messages):
             encoded = [encode_headers(m.headers) if m.headers else None for m in messages]
         if encoded is None:
@@ -577,9 +582,10 @@ class SqliteStore:
         group's owner and epoch so the reader notices a takeover or a replay.
 
         ``held_to``: the reader holds every message from ``start`` to there in memory (its
-        own publishes): the rows are read only if the topic has messages after it."""
+        own publishes): the rows are read only if the topic has messages after it that are
+        not this store's (its own newer ones reach the reader's memory after their commit)."""
         rows: list[Row] = []
-        if held_to is None or self._topic_end(topic_id) > held_to + 1:
+        if held_to is None or not self._only_own_after(topic_id, held_to):
             rows = self.conn.execute(
                 "SELECT offset, key, value, headers, published_at, deliver_at, target_group,"
                 f" size FROM {message_table(topic_id)} WHERE offset >= ? ORDER BY offset LIMIT ?",
@@ -591,12 +597,16 @@ class SqliteStore:
         owner, epoch = (None, -1) if found is None else found
         return ReadResult(rows, owner, epoch)
 
-    def _topic_end(self, topic_id: int) -> int:
-        """The offset the topic's next message gets (committed publishes of every process)."""
+    def _only_own_after(self, topic_id: int, offset: int) -> bool:
+        """Whether every message of the topic after ``offset`` was appended by this store."""
         found = self.conn.execute(
             "SELECT next_offset FROM topics WHERE id = ?", (topic_id,)
         ).fetchone()
-        return 0 if found is None else int(found[0])
+        end = 0 if found is None else int(found[0])
+        if end <= offset + 1:
+            return True
+        run = self._own_runs.get(topic_id)
+        return run is not None and run[1] == end and run[0] <= offset + 1
 
     def fetch_rows(
         self,

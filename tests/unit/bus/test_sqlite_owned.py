@@ -206,21 +206,28 @@ def test_tail_cache_knows_where_it_holds_everything_to_its_end() -> None:
 async def test_the_file_is_read_back_only_for_what_memory_lacks(
     open_bus: Callable[[], Awaitable[SqliteBus]],
 ) -> None:
-    """A look in the file by a reader holding offsets 0..2 in memory reads no rows unless the
-    topic has more (``held_to``)."""
-    bus = await open_bus()
-    await bus.create_group("t", "g")
-    await bus.publish_batch("t", [OutgoingMessage(b"%d" % i) for i in range(3)])
+    """A look in the file by a reader holding offsets up to ``held_to`` in memory reads no
+    rows unless the topic has messages after it that another process wrote: this process's
+    own newer ones reach its memory after their commit."""
+    mine, other = await open_bus(), await open_bus()
+    await mine.create_group("t", "g")
+    await mine.publish_batch("t", [OutgoingMessage(b"%d" % i) for i in range(3)])
 
     async def rows_read(held_to: int | None) -> list[int]:
-        got = await bus._call(
+        got = await mine._call(
             lambda s, _: s.read(s.topic("t").id, s.group("t", "g").id, 0, 10, held_to)
         )
         return [row[0] for row in got.rows]
 
     assert await rows_read(None) == [0, 1, 2]
     assert await rows_read(2) == []
-    assert await rows_read(1) == [0, 1, 2]  # the topic has more than the reader holds
+    assert await rows_read(0) == []  # 1 and 2 are this process's own
+    await other.publish_batch("t", [OutgoingMessage(b"o3")])
+    assert await rows_read(2) == [0, 1, 2, 3]  # 3 is another process's
+    assert await rows_read(3) == []
+    await mine.publish_batch("t", [OutgoingMessage(b"m4")])
+    assert await rows_read(2) == [0, 1, 2, 3, 4]
+    assert await rows_read(3) == []
 
 
 async def test_messages_another_process_appends_are_found_while_memory_has_none(
