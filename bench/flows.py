@@ -30,6 +30,7 @@ Run (from the repository root; NATS JetStream on 127.0.0.1:4222)::
     .venv/bin/python bench/flows.py              # 50,000 messages per system, best of 2
     .venv/bin/python bench/flows.py --quick      # smoke run
     .venv/bin/python bench/flows.py --only sqlite
+    .venv/bin/python bench/flows.py --only flow-sqlite --messages 60000 --rounds 3
 
 Prints a table, the ratios against the targets and a README-ready markdown table, and writes
 ``bench/results/flows.json``. Exits 0 even when a target is missed (it is a report).
@@ -838,7 +839,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default="sqlite,nats",
-        help="comma list of: sqlite (flow + hand-written), nats (flow + hand-written + raw)",
+        help="comma list of: sqlite (flow + hand-written), nats (flow + hand-written + raw),"
+        " or single systems (flow-sqlite, handwritten-sqlite, flow-nats, ...)",
     )
     parser.add_argument(
         "--concurrency",
@@ -878,14 +880,18 @@ async def main(args: argparse.Namespace) -> int:
     from sampan.gc_threshold import GcYoungThreshold
 
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
-    if wanted - {"sqlite", "nats"}:
+    groups = {
+        "sqlite": ["flow-sqlite", "handwritten-sqlite"],
+        "nats": ["flow-nats", "handwritten-nats", "raw-nats"],
+    }
+    if wanted - groups.keys() - set(LABELS):
         print(f"unknown system(s) in --only: {args.only}", file=sys.stderr)
         return 2
-    systems: list[str] = []
-    if "sqlite" in wanted:
-        systems += ["flow-sqlite", "handwritten-sqlite"]
-    if "nats" in wanted:
-        systems += ["flow-nats", "handwritten-nats", "raw-nats"]
+    systems = [
+        system
+        for system in LABELS
+        if system in wanted or any(system in groups[g] for g in wanted & groups.keys())
+    ]
     started = time.perf_counter()
     print(f"generating {args.messages:,} orders ...", flush=True)
     wl = make_workload(args.messages)
