@@ -201,9 +201,10 @@ class SqliteStore:
         self.appended: list[tuple[str, list[Row], int]] = []
         """Rows this store inserted since the bus last took them (``take_appended``): after
         the commit they are handed to this process's consumers from memory."""
-        self._own_runs: dict[int, tuple[int, int]] = {}
+        self._own_runs: dict[int, tuple[int, int, float]] = {}
         """Per topic id, the newest run of consecutive offsets this store appended (start,
-        end): no other process wrote in between."""
+        end, and the topic's ``created_at``, which tells a topic recreated under the same id
+        by another process): no other process wrote in between."""
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -401,14 +402,16 @@ class SqliteStore:
     ) -> list[int]:
         count = len(messages)
         size = sum(len(m.value) for m in messages)
-        end = self.conn.execute(
+        end, created_at = self.conn.execute(
             "UPDATE topics SET next_offset = next_offset + ?, messages = messages + ?,"
-            " bytes = bytes + ? WHERE id = ? RETURNING next_offset",
+            " bytes = bytes + ? WHERE id = ? RETURNING next_offset, created_at",
             (count, count, size, row.id),
-        ).fetchone()[0]
+        ).fetchone()
         first = end - count
         run = self._own_runs.get(row.id)
-        self._own_runs[row.id] = (run[0] if run is not None and run[1] == first else first, end)
+        if run is None or run[1] != first or run[2] != created_at:
+            run = (first, end, created_at)
+        self._own_runs[row.id] = (run[0], end, created_at)
         if encoded is None and any(m.headers for m in messages):
             encoded = [encode_headers(m.headers) if m.headers else None for m in messages]
         if encoded is None:
@@ -600,13 +603,18 @@ class SqliteStore:
     def _only_own_after(self, topic_id: int, offset: int) -> bool:
         """Whether every message of the topic after ``offset`` was appended by this store."""
         found = self.conn.execute(
-            "SELECT next_offset FROM topics WHERE id = ?", (topic_id,)
+            "SELECT next_offset, created_at FROM topics WHERE id = ?", (topic_id,)
         ).fetchone()
-        end = 0 if found is None else int(found[0])
+        if found is None:
+            return False  # gone: the full read finds out what became of it
+        end, created_at = found
         if end <= offset + 1:
             return True
         run = self._own_runs.get(topic_id)
-        return run is not None and run[1] == end and run[0] <= offset + 1
+        if run is None:
+            return False
+        start, own_end, own_created_at = run
+        return own_end == end and own_created_at == created_at and start <= offset + 1
 
     def fetch_rows(
         self,

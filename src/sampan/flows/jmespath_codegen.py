@@ -4,10 +4,11 @@ built.
 `sampan.flows.jmespath_compiler` makes one closure per AST node, so a transform such as
 ``{id: data.id, lines: data.items[*].{sku: sku, qty: qty}}`` costs a Python call per field
 and per projected element: ~20 calls for an eight-field order, half of the step's time.
-Here the shapes that transforms are made of — fields, paths, multi-select hashes and lists,
-list projections, literals, ``@`` — become straight-line statements of a single function;
-any other node (comparisons, filters, functions...) is called as its compiled closure, so
-the semantics stay those of the closures, which follow jmespath's interpreter.
+Here the shapes that transforms and routing predicates are made of — fields, paths,
+multi-select hashes and lists, list projections, comparisons, ``&&``, ``||``, ``!``,
+literals, ``@`` — become the statements of a single function; any other node (filters,
+flattening, functions...) is called as its compiled closure. The generated code does what
+the closures do, which follow jmespath's interpreter; the tests hold both to it.
 
 Nothing from the expression is written into the source: field names, keys and literals
 are passed in as bound constants (``_c0``, ``_c1``...), so the generated text only ever
@@ -64,7 +65,7 @@ def generate(node: Node, root: Root | None = None) -> Compiled | None:
     writer = _Writer(root)
     try:
         result = writer.node(node, "value", root is not None, 1)
-    except _NotGenerated:
+    except (_NotGenerated, RecursionError):
         return None
     source = "def generated(value):\n" + "".join(writer.lines) + f"    return {result}\n"
     namespace: dict[str, Any] = dict(writer.constants)

@@ -230,6 +230,25 @@ async def test_the_file_is_read_back_only_for_what_memory_lacks(
     assert await rows_read(3) == []
 
 
+async def test_a_topic_recreated_under_the_same_id_is_not_taken_for_this_process(
+    open_bus: Callable[[], Awaitable[SqliteBus]],
+) -> None:
+    """Another process deletes the topic and creates it again (SQLite gives it the same id)
+    and publishes as many messages as this one had: they are still read from the file."""
+    mine, other = await open_bus(), await open_bus()
+    await mine.publish_batch("t", [OutgoingMessage(b"m%d" % i) for i in range(3)])
+    first_id = await mine._call(lambda s, _: s.topic("t").id)
+    await other.delete_topic("t")
+    await other.create_topic("t")
+    await other.create_group("t", "g")
+    await other.publish_batch("t", [OutgoingMessage(b"o%d" % i) for i in range(3)])
+    got = await mine._call(lambda s, _: s.conn.execute("SELECT id FROM topics").fetchall())
+    assert got == [(first_id,)]  # the same id, the same next offset (3): only created_at differs
+
+    rows = await mine._call(lambda s, _: s.read(first_id, s.group("t", "g").id, 0, 10, 0))
+    assert [row[2] for row in rows.rows] == [b"o0", b"o1", b"o2"]
+
+
 async def test_messages_another_process_appends_are_found_while_memory_has_none(
     open_bus: Callable[[], Awaitable[SqliteBus]],
 ) -> None:

@@ -90,24 +90,6 @@ DOCUMENTS: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize("text", EXPRESSIONS)
-def test_compiled_matches_the_interpreter(text: str) -> None:
-    parsed = jmespath.compile(text)
-    compiled = compile_node(parsed.parsed)
-    assert compiled is not None, text
-    for document in DOCUMENTS:
-        try:
-            expected: Any = ("ok", parsed.search(document, OPTIONS))
-        except TypeError:
-            expected = ("raises", None)
-        try:
-            actual: Any = ("ok", compiled(document))
-        except TypeError:
-            actual = ("raises", None)
-        assert actual == expected, (text, document)
-        assert type(actual[1]) is type(expected[1]), (text, document)
-
-
 GENERATED = [text for text in EXPRESSIONS if generate(jmespath.compile(text).parsed) is not None]
 
 
@@ -122,18 +104,30 @@ def test_selections_are_generated_and_the_rest_is_not() -> None:
         assert generate(jmespath.compile(plain).parsed) is None  # one closure is as fast
 
 
-@pytest.mark.parametrize("text", GENERATED)
-def test_generated_matches_the_interpreter(text: str) -> None:
+COMPILED = [("closures", text) for text in EXPRESSIONS] + [
+    ("generated", text) for text in GENERATED
+]
+
+
+def compiled_by(how: str, text: str) -> Any:
+    """The expression as the closures or as one generated function."""
+    node = jmespath.compile(text).parsed
+    compiled = compile_node(node) if how == "closures" else generate(node)
+    assert compiled is not None, (how, text)
+    return compiled
+
+
+@pytest.mark.parametrize(("how", "text"), COMPILED)
+def test_compiled_matches_the_interpreter(how: str, text: str) -> None:
     parsed = jmespath.compile(text)
-    generated = generate(parsed.parsed)
-    assert generated is not None
+    compiled = compiled_by(how, text)
     for document in DOCUMENTS:
         try:
             expected: Any = ("ok", parsed.search(document, OPTIONS))
         except TypeError:
             expected = ("raises", None)
         try:
-            actual: Any = ("ok", generated(document))
+            actual: Any = ("ok", compiled(document))
         except TypeError:
             actual = ("raises", None)
         assert actual == expected, (text, document)
@@ -256,12 +250,12 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(document=json_values, text=st.sampled_from(EXPRESSIONS))
-def test_compiled_matches_on_random_documents(document: Any, text: str) -> None:
+@settings(max_examples=600, deadline=None)
+@given(document=json_values, case=st.sampled_from(COMPILED))
+def test_compiled_matches_on_random_documents(document: Any, case: tuple[str, str]) -> None:
+    how, text = case
     parsed = jmespath.compile(text)
-    compiled = compile_node(parsed.parsed)
-    assert compiled is not None
+    compiled = compiled_by(how, text)
     try:
         expected: Any = parsed.search(document, OPTIONS)
     except TypeError:
@@ -304,18 +298,3 @@ def test_message_evaluator_matches_on_random_payloads(
             evaluator(text)(FlowMessage(data, headers=dict(headers), key=key))
         return
     assert evaluator(text)(FlowMessage(data, headers=dict(headers), key=key)) == expected
-
-
-@settings(max_examples=300, deadline=None)
-@given(document=json_values, text=st.sampled_from(GENERATED))
-def test_generated_matches_on_random_documents(document: Any, text: str) -> None:
-    parsed = jmespath.compile(text)
-    generated = generate(parsed.parsed)
-    assert generated is not None
-    try:
-        expected: Any = parsed.search(document, OPTIONS)
-    except TypeError:
-        with pytest.raises(TypeError):
-            generated(document)
-        return
-    assert generated(document) == expected
