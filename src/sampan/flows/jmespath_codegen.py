@@ -92,13 +92,18 @@ class _Writer:
     def __init__(self, root: Root | None) -> None:
         self.lines: list[str] = []
         self.constants: dict[str, Any] = {}
+        self._bound: dict[int, str] = {}
         self._root = root
         self._root_reads: dict[str, str] = {}
         self._count = 0
 
     def bind(self, value: Any) -> str:
-        name = f"_c{len(self.constants)}"
-        self.constants[name] = value
+        """A name for ``value`` in the function's globals; one per object (the helpers that
+        every comparison or ``&&`` calls are bound once)."""
+        name = self._bound.get(id(value))
+        if name is None:
+            name = self._bound[id(value)] = f"_c{len(self.constants)}"
+            self.constants[name] = value  # keeps the object, so its id stays its own
         return name
 
     def temp(self) -> str:
