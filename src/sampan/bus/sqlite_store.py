@@ -19,8 +19,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
 from types import MappingProxyType
 
 import orjson
@@ -43,6 +41,7 @@ from sampan.bus.base import (
 )
 from sampan.bus.dead_letters import dead_letter_headers, read_dead_letter
 from sampan.bus.retry import RetryPolicy
+from sampan.bus.sqlite_insert import InsertStatements
 from sampan.bus.sqlite_schema import WAITING_FOR_KEY, create_message_table, message_table
 from sampan.bus.sqlite_tail import Row
 from sampan.stored_json import dumps_kept
@@ -52,26 +51,9 @@ TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}(\.dlq)?$")
 EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 RESERVED_HEADER_PREFIX = "sampan-"
 NEVER = float("inf")
-INSERT_CHUNK = 512
-_FIRST_THREE = itemgetter(0, 1, 2)
-"""Rows per multi-row INSERT at most (8 variables a row, far below SQLite's 32766)."""
 
 InflightRow = tuple[int, int, str | None, float, int, str | None, int]
 """(group_id, offset, key, visible_at, attempt, last_error, lease) of an ``inflight`` row."""
-
-
-def insert_sql(table: str, rows: int, *, plain: bool) -> str:
-    """A multi-row INSERT; ``plain`` rows bind (offset, key, value) each, plus the batch's
-    published_at and target group once."""
-    columns = "(offset, key, value, headers, published_at, deliver_at, target_group, size)"
-    if not plain:
-        values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-        return f"INSERT INTO {table} {columns} VALUES {values}"
-    values = ",".join(f"(?{3 * i + 1}, ?{3 * i + 2}, ?{3 * i + 3})" for i in range(rows))
-    return (
-        f"INSERT INTO {table} {columns} SELECT column1, column2, column3, NULL,"
-        f" ?{3 * rows + 1}, NULL, ?{3 * rows + 2}, length(column3) FROM (VALUES {values})"
-    )
 
 
 def check_topic_name(name: str) -> None:
@@ -197,7 +179,7 @@ class SqliteStore:
         self.max_in_flight_per_group = max_in_flight_per_group
         self._topics: dict[str, TopicRow] = {}
         self._groups: dict[tuple[str, str], GroupRow] = {}
-        self._insert_sqls: dict[tuple[str, int, bool], str] = {}
+        self._inserts = InsertStatements()
         self.appended: list[tuple[str, list[Row], int]] = []
         """Rows this store inserted since the bus last took them (``take_appended``): after
         the commit they are handed to this process's consumers from memory."""
@@ -273,6 +255,7 @@ class SqliteStore:
         self.conn.execute("DELETE FROM dedupe WHERE topic_id = ?", (topic.id,))
         self.conn.execute("DELETE FROM topics WHERE id = ?", (topic.id,))
         self.conn.execute(f"DROP TABLE IF EXISTS {message_table(topic.id)}")
+        self._inserts.forget(message_table(topic.id))
         self.forget_cached_names()
 
     def topics(self) -> list[TopicInfo]:
@@ -424,29 +407,9 @@ class SqliteStore:
                 (first + i, m.key, m.value, h, now, m.deliver_at, target_group, len(m.value))
                 for i, (m, h) in enumerate(zip(messages, encoded, strict=True))
             ]
-        self._insert(message_table(row.id), rows)
+        self._inserts.write(self.conn, message_table(row.id), rows)
         self.appended.append((row.name, rows, size))
         return list(range(first, end))
-
-    def _insert(self, table: str, rows: list[Row]) -> None:
-        """Insert with multi-row statements of up to ``INSERT_CHUNK`` rows (prepared once per
-        size, then cached): one step per chunk instead of one per row, so the database thread
-        gives up and takes back the GIL a few times per commit rather than once per message
-        (each take-back can wait for the event loop's thread to yield it). Binding runs with
-        the GIL held, so rows without headers or delay bind three values, not eight."""
-        plain = all(r[3] is None and r[5] is None for r in rows)
-        for lo in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[lo : lo + INSERT_CHUNK]
-            key = (table, len(chunk), plain)
-            sql = self._insert_sqls.get(key)
-            if sql is None:
-                sql = self._insert_sqls[key] = insert_sql(table, len(chunk), plain=plain)
-            if plain:
-                params = list(chain.from_iterable(map(_FIRST_THREE, chunk)))
-                params += (chunk[0][4], chunk[0][6])
-            else:
-                params = list(chain.from_iterable(chunk))
-            self.conn.execute(sql, params)
 
     # -- groups -------------------------------------------------------------------------------
 
