@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 DEMO_SECONDS ?= 20
 LINT_PATHS := src tests bench examples scripts
 
-.PHONY: demo test lint typecheck bench-bus bench-bus-catchup bench-flows bench-gateway bench-mesh bench-metrics clean
+.PHONY: demo test lint typecheck bench-bus bench-bus-catchup bench-bus-busy-loop bench-flows bench-gateway bench-mesh bench-metrics clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench-bus: $(STAMP)
 
 bench-bus-catchup: $(STAMP)
 	$(BIN)/python bench/bus_catchup.py
+
+bench-bus-busy-loop: $(STAMP)
+	$(BIN)/python bench/bus_busy_loop.py
 
 bench-flows: $(STAMP)
 	$(BIN)/python bench/flows.py

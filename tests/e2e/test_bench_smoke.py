@@ -45,6 +45,7 @@ def test_every_benchmark_parses_its_options(script: str, tmp_path: Path) -> None
     ("script", "args", "result"),
     [
         ("bus_catchup.py", ["--quick"], "bus_catchup"),
+        ("bus_busy_loop.py", ["--quick", "--publishes", "100"], "bus_busy_loop"),
         ("bus.py", ["--quick", "--only", "sqlite", "--no-normal", "--latency-seconds", "1"], "bus"),
         ("flows.py", ["--quick", "--only", "sqlite"], "flows"),
     ],

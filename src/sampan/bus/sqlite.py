@@ -55,6 +55,8 @@ log = logging.getLogger("sampan.bus.sqlite")
 T = TypeVar("T")
 MAX_OPERATIONS_PER_TRANSACTION = 4096
 MAX_MESSAGES_PER_TRANSACTION = 256
+UNSYNCED_BEFORE_NORMAL = 16
+"""Commits in a row without a publish before they stop being fsynced (``_sync_for``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,7 @@ class SqliteBus(Bus):
         self._closed = False
         self._checkpointer: Checkpointer | None = None
         self._synchronous = True
+        self._unsynced_in_a_row = 0
         self._owned = OwnedGroups(
             self._call,
             uuid.uuid4().hex,
@@ -197,13 +200,24 @@ class SqliteBus(Bus):
                 return
 
     def _sync_for(self, conn: sqlite3.Connection, batch: list[_Operation]) -> None:
-        """fsync at commit only when the batch publishes (with ``durability: full``)."""
+        """fsync at commit when the batch publishes (with ``durability: full``); stop only
+        after ``UNSYNCED_BEFORE_NORMAL`` batches in a row that do not. Each switch is a
+        statement of its own, and beside a busy event loop a statement costs about 0.5 ms of
+        waiting for the GIL (bench/bus_busy_loop.py), more than the fsync it saves (~0.3 ms,
+        spent without the GIL): under load, where acks and leases commit between
+        publishes, switching back and forth cost two statements every few commits."""
         if self.options.durability != "full":
             return
-        wanted = any(op.must_sync for op in batch)
-        if wanted != self._synchronous:
-            conn.execute("PRAGMA synchronous=" + ("FULL" if wanted else "NORMAL"))
-            self._synchronous = wanted
+        if any(op.must_sync for op in batch):
+            self._unsynced_in_a_row = 0
+            if not self._synchronous:
+                conn.execute("PRAGMA synchronous=FULL")
+                self._synchronous = True
+            return
+        self._unsynced_in_a_row += 1
+        if self._synchronous and self._unsynced_in_a_row >= UNSYNCED_BEFORE_NORMAL:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._synchronous = False
 
     def _execute(self, store: SqliteStore, batch: list[_Operation]) -> list[Any] | None:
         """Run a batch in one transaction; returns the rows it appended once committed, or
@@ -222,7 +236,7 @@ class SqliteBus(Bus):
             )
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-        store.take_appended()
+        store.rolled_back()
         store.forget_cached_names()
         for op in batch:  # isolate the failing operation; the others still succeed
             op.result, op.error = None, None
@@ -233,7 +247,7 @@ class SqliteBus(Bus):
             except Exception as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                store.take_appended()
+                store.rolled_back()
                 if not isinstance(exc, BusError):
                     log.error("bus operation failed", exc_info=exc)
                     exc = BusError(f"bus operation failed: {type(exc).__name__}: {exc}")

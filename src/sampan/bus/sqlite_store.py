@@ -52,6 +52,16 @@ EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 RESERVED_HEADER_PREFIX = "sampan-"
 NEVER = float("inf")
 
+_APPEND = (
+    "UPDATE topics SET next_offset = next_offset + ?, messages = messages + ?,"
+    " bytes = bytes + ? WHERE id = ? RETURNING next_offset, created_at"
+)
+_APPEND_AFTER_OWN = (
+    "UPDATE topics SET next_offset = next_offset + ?, messages = messages + ?,"
+    " bytes = bytes + ? WHERE id = ? AND next_offset = ? AND created_at = ?"
+)
+"""Changes nothing when another process appended (or recreated the topic) since."""
+
 InflightRow = tuple[int, int, str | None, float, int, str | None, int]
 """(group_id, offset, key, visible_at, attempt, last_error, lease) of an ``inflight`` row."""
 
@@ -194,6 +204,12 @@ class SqliteStore:
         taken, self.appended = self.appended, []
         return taken
 
+    def rolled_back(self) -> None:
+        """The transaction was rolled back: what it appended was never written, and the
+        offsets it counted as this store's may be another process's next."""
+        self.appended = []
+        self._own_runs.clear()
+
     def forget_cached_names(self) -> None:
         """Another process may have deleted or recreated topics; look names up again."""
         self._topics.clear()
@@ -256,6 +272,7 @@ class SqliteStore:
         self.conn.execute("DELETE FROM topics WHERE id = ?", (topic.id,))
         self.conn.execute(f"DROP TABLE IF EXISTS {message_table(topic.id)}")
         self._inserts.forget(message_table(topic.id))
+        self._own_runs.pop(topic.id, None)
         self.forget_cached_names()
 
     def topics(self) -> list[TopicInfo]:
@@ -385,15 +402,17 @@ class SqliteStore:
     ) -> list[int]:
         count = len(messages)
         size = sum(len(m.value) for m in messages)
-        end, created_at = self.conn.execute(
-            "UPDATE topics SET next_offset = next_offset + ?, messages = messages + ?,"
-            " bytes = bytes + ? WHERE id = ? RETURNING next_offset, created_at",
-            (count, count, size, row.id),
-        ).fetchone()
-        first = end - count
         run = self._own_runs.get(row.id)
-        if run is None or run[1] != first or run[2] != created_at:
-            run = (first, end, created_at)
+        # While no other process wrote to the topic since this store's last append, its next
+        # offset is known here: the update only checks it, and takes one SQLite step instead
+        # of two (RETURNING steps again to finish), one GIL handoff fewer per topic and commit.
+        if run is not None and self._append_after_own(row.id, run, count, size):
+            first, end, created_at = run[1], run[1] + count, run[2]
+        else:
+            end, created_at = self.conn.execute(_APPEND, (count, count, size, row.id)).fetchone()
+            first = end - count
+            if run is None or run[1] != first or run[2] != created_at:
+                run = (first, end, created_at)
         self._own_runs[row.id] = (run[0], end, created_at)
         if encoded is None and any(m.headers for m in messages):
             encoded = [encode_headers(m.headers) if m.headers else None for m in messages]
@@ -410,6 +429,14 @@ class SqliteStore:
         self._inserts.write(self.conn, message_table(row.id), rows)
         self.appended.append((row.name, rows, size))
         return list(range(first, end))
+
+    def _append_after_own(
+        self, topic_id: int, run: tuple[int, int, float], count: int, size: int
+    ) -> bool:
+        cursor = self.conn.execute(
+            _APPEND_AFTER_OWN, (count, count, size, topic_id, run[1], run[2])
+        )
+        return cursor.rowcount == 1
 
     # -- groups -------------------------------------------------------------------------------
 
