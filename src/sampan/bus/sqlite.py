@@ -240,6 +240,7 @@ class SqliteBus(Bus):
         store.forget_cached_names()
         for op in batch:  # isolate the failing operation; the others still succeed
             op.result, op.error = None, None
+            committed = len(store.appended)  # by the operations before: handed over below
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 op.result = op.run(store, now)
@@ -247,7 +248,7 @@ class SqliteBus(Bus):
             except Exception as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                store.rolled_back()
+                store.rolled_back(keep=committed)
                 if not isinstance(exc, BusError):
                     log.error("bus operation failed", exc_info=exc)
                     exc = BusError(f"bus operation failed: {type(exc).__name__}: {exc}")

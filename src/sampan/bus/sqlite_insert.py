@@ -2,7 +2,7 @@
 
 One statement per chunk of rows instead of one per row: the database thread gives up and
 takes back the GIL around every step, and each take-back can wait for the event loop's
-thread to yield it, so a commit should take few steps (see `SqliteStore._insert`).
+thread to yield it, so a commit should take few steps (bench/bus_busy_loop.py).
 
 Each distinct row count is a statement of its own, though: prepared on first use (about
 0.5 ms for 16 rows, 2.5 ms for 128, 6 ms for 256 on the benchmark VM) and kept in the

@@ -95,7 +95,7 @@ def create_message_table(conn: sqlite3.Connection, topic_id: int) -> None:
 
 def open_connection(path: str, *, durability: str) -> sqlite3.Connection:
     """Open a connection in WAL mode; ``full`` durability fsyncs every commit."""
-    # Room for the multi-row INSERT of every batch size (``SqliteStore._insert``).
+    # Room for the multi-row INSERTs' statement sizes of many topics (``sqlite_insert.py``).
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, timeout=30.0, cached_statements=1024
     )

@@ -204,10 +204,11 @@ class SqliteStore:
         taken, self.appended = self.appended, []
         return taken
 
-    def rolled_back(self) -> None:
-        """The transaction was rolled back: what it appended was never written, and the
-        offsets it counted as this store's may be another process's next."""
-        self.appended = []
+    def rolled_back(self, keep: int = 0) -> None:
+        """The transaction was rolled back: what it appended was never written (all but the
+        first ``keep`` entries, committed before it), and the offsets it counted as this
+        store's may be another process's next."""
+        del self.appended[keep:]
         self._own_runs.clear()
 
     def forget_cached_names(self) -> None:

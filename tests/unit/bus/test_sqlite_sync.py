@@ -27,8 +27,15 @@ async def test_a_publish_is_always_fsynced_and_only_a_long_quiet_run_is_not(
         for _ in range(UNSYNCED_BEFORE_NORMAL - 1):  # acks and leases between publishes
             assert await synchronous(bus) == FULL
         assert await synchronous(bus) == NORMAL  # the run is long: the connection is switched
+        statements: list[str] = []
+        await bus._call(lambda s, now: s.conn.set_trace_callback(statements.append))
         await bus.publish_batch("t", [OutgoingMessage(b"y")])
-        assert await synchronous(bus) == FULL  # switched back for the publish
+        insert = next(i for i, sql in enumerate(statements) if sql.startswith("INSERT INTO"))
+        switches = [sql for sql in statements[:insert] if sql.startswith("PRAGMA synchronous")]
+        assert switches == ["PRAGMA synchronous=FULL"]  # before the publish's own commit
+        assert statements.index(switches[0]) < statements.index("BEGIN IMMEDIATE")
+        await bus._call(lambda s, now: s.conn.set_trace_callback(None))
+        assert await synchronous(bus) == FULL
         assert [t.messages for t in await bus.topics()] == [2]
     finally:
         await bus.close()
