@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -36,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     fmt_ms,
+    latency_summary,
     machine_info,
     markdown_table,
-    percentile,
     ratio,
     text_table,
     utc_timestamp,
@@ -67,24 +66,24 @@ async def busy_loop(slice_seconds: float, stop: asyncio.Event) -> None:
 
 async def measure(
     bus: SqliteBus, modes: Sequence[str], publishes: int, batch: int
-) -> dict[str, list[float]]:
-    """Publish latencies (seconds) per mode, the modes taking turns publish by publish."""
+) -> dict[str, list[int]]:
+    """Publish latencies (ns) per mode, the modes taking turns publish by publish."""
     messages = [OutgoingMessage(b"x" * 500, f"k{i}") for i in range(batch)]
     store = bus._store  # the benchmark's one reach inside: making the bus forget its offsets
     assert store is not None
     await bus.publish_batch("orders", messages)
-    samples: dict[str, list[float]] = {mode: [] for mode in modes}
+    samples: dict[str, list[int]] = {mode: [] for mode in modes}
     for i in range(publishes * len(modes)):
         mode = modes[i % len(modes)]
         if mode == "returning":
             store._own_runs.clear()
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         await bus.publish_batch("orders", messages)
-        samples[mode].append(time.perf_counter() - started)
+        samples[mode].append(time.perf_counter_ns() - started)
     return samples
 
 
-async def run(args: argparse.Namespace, root: Path) -> dict[str, list[float]]:
+async def run(args: argparse.Namespace, root: Path) -> dict[str, list[int]]:
     bus = SqliteBus(f"sqlite:///{root / 'bus.db'}")
     await bus.start()
     try:
@@ -116,16 +115,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50_ms": percentile(ordered, 50) * 1000,
-        "p90_ms": percentile(ordered, 90) * 1000,
-        "p99_ms": percentile(ordered, 99) * 1000,
-        "mean_ms": statistics.fmean(ordered) * 1000,
-    }
-
-
 async def main(args: argparse.Namespace) -> int:
     sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL)  # as a node sets it
     root = Path(tempfile.mkdtemp(prefix="sampan-bench-busy-", dir=args.tmp))
@@ -133,10 +122,9 @@ async def main(args: argparse.Namespace) -> int:
         samples = await run(args, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    stats = {mode: summary(values) for mode, values in samples.items()}
+    stats = {mode: latency_summary(values, (50, 90, 99)) for mode, values in samples.items()}
     order = ["checked", "returning", "idle"]
-    headers = ["publish of 10 messages", "p50", "p90", "p99", "mean"]
-    headers[0] = f"publish of {args.batch} messages"
+    headers = [f"publish of {args.batch} messages", "p50", "p90", "p99", "mean"]
     rows = [
         [LABELS[m], *(fmt_ms(stats[m][k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"))]
         for m in order

@@ -408,13 +408,12 @@ class SqliteStore:
         # offset is known here: the update only checks it, and takes one SQLite step instead
         # of two (RETURNING steps again to finish), one GIL handoff fewer per topic and commit.
         if run is not None and self._append_after_own(row.id, run, count, size):
-            first, end, created_at = run[1], run[1] + count, run[2]
-        else:
+            start, first, created_at = run[0], run[1], run[2]
+            end = first + count
+        else:  # another process wrote since (or none was known): a new run starts here
             end, created_at = self.conn.execute(_APPEND, (count, count, size, row.id)).fetchone()
-            first = end - count
-            if run is None or run[1] != first or run[2] != created_at:
-                run = (first, end, created_at)
-        self._own_runs[row.id] = (run[0], end, created_at)
+            start = first = end - count
+        self._own_runs[row.id] = (start, end, created_at)
         if encoded is None and any(m.headers for m in messages):
             encoded = [encode_headers(m.headers) if m.headers else None for m in messages]
         if encoded is None:
