@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py src/sampan/http/_fastpath.c | cksum | cut -d" " -f1)
 DEMO_SECONDS ?= 20
 LINT_PATHS := src tests bench examples scripts
 

@@ -19,6 +19,7 @@ from sampan.http.body import BodyTooLarge
 from sampan.http.headers import Headers
 from sampan.http.request import Request
 from sampan.http.response import Response, problem
+from sampan.http.streaming_body import BodyReadError
 from sampan.observe.metrics import Metrics
 
 log = logging.getLogger("sampan.gateway")
@@ -91,6 +92,8 @@ class Gateway:
                 response = await plugin.on_response(request, response)
         except BodyTooLarge as exc:
             response = _too_large(exc.limit)
+        except BodyReadError:
+            raise  # the client's fault (bad chunk, stalled body): the server answers 400/408
         except Exception:
             log.exception("route %s failed on %s %s", route.name, request.method, request.path)
             response = problem(500, "Internal Server Error", f"route {route.name!r} failed")

@@ -281,3 +281,9 @@ class GatewayConfig(_Section):
     drain_timeout: Duration = Field(
         30.0, gt=0, description="How long a shutdown waits for in-flight requests."
     )
+    fast_path: bool = Field(
+        True,
+        description="Serve plain proxy routes (a service target with endpoints given as IP "
+        "addresses, no plugins, no fault) from the compiled front; every other request is "
+        "the Python server's. See docs/fast-path.md.",
+    )

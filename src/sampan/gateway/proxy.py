@@ -12,9 +12,11 @@ relayed piece by piece.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from sampan.gateway.config import ServiceTarget
@@ -165,6 +167,31 @@ class Proxy:
             return self._failure(exc, endpoint)
         return self._response(request, response)
 
+    def fast_path_spec(self) -> FastPathSpec | None:
+        """What the compiled front needs to proxy this route itself, or None when it cannot
+        (TLS upstreams, endpoints given by name: the front connects to IP literals only)."""
+        endpoints: list[tuple[str, int, bytes, bytes]] = []
+        for endpoint, base, authority in self._upstreams:
+            if endpoint.tls or not _is_ip(endpoint.host):
+                return None
+            endpoints.append((endpoint.host, endpoint.port, base, authority))
+        if not endpoints or self._via != b"1.1 sampan":
+            return None
+        route = self.route_name
+        failures = [
+            self._failure(UpstreamError(kind, "fast path", phase="connect"), None)
+            for kind in ("connect", "protocol", "timeout")
+        ]
+        return FastPathSpec(
+            endpoints=endpoints,
+            preserve_host=self._preserve_host,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            write_timeout=self._write_timeout,
+            failures=failures,
+            route=route,
+        )
+
     # -- request ------------------------------------------------------------------------------
 
     def _request_headers(self, request: Request, authority: bytes) -> tuple[Headers, bytes | None]:
@@ -280,16 +307,17 @@ class Proxy:
         # Streamed: Content-Length, when the upstream gave one, is kept for the server.
         return Response(status, headers, _relay(upstream.body, self.route_name))
 
-    def _failure(self, exc: UpstreamError, endpoint: Endpoint) -> Response:
-        log.warning(
-            "route %s: upstream %s:%d failed (%s, %s): %s",
-            self.route_name,
-            endpoint.host,
-            endpoint.port,
-            exc.kind,
-            exc.phase,
-            exc,
-        )
+    def _failure(self, exc: UpstreamError, endpoint: Endpoint | None) -> Response:
+        if endpoint is not None:
+            log.warning(
+                "route %s: upstream %s:%d failed (%s, %s): %s",
+                self.route_name,
+                endpoint.host,
+                endpoint.port,
+                exc.kind,
+                exc.phase,
+                exc,
+            )
         route = self.route_name
         if exc.kind == "timeout":
             return problem(
@@ -326,6 +354,27 @@ class Proxy:
         out.add(b"upgrade", response.headers.get(b"upgrade") or kind)
         relay = _TunnelRelay(tunnel, self._read_timeout, self.route_name)
         return Response(101, out, upgrade=relay)
+
+
+@dataclass(frozen=True, slots=True)
+class FastPathSpec:
+    """A plain proxy route as the compiled front serves it (see gateway/fast_front.py)."""
+
+    endpoints: list[tuple[str, int, bytes, bytes]]  # host (IP literal), port, base, authority
+    preserve_host: bool
+    connect_timeout: float
+    read_timeout: float
+    write_timeout: float
+    failures: list[Response]  # the answers to: unavailable, invalid response, timeout
+    route: str
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 async def _relay(body: UpstreamBody, route: str) -> AsyncIterator[bytes]:

@@ -8,6 +8,7 @@ import logging
 from sampan.bus.base import Bus
 from sampan.config import SampanConfig
 from sampan.gateway.app import Gateway
+from sampan.gateway.fast_front import GatewayFront, load_front
 from sampan.gateway.route_table import RouteTable, RouteTableError, build_route_table
 from sampan.http.client import ConnectionPool
 from sampan.http.request import Request
@@ -38,6 +39,7 @@ class GatewayService:
         self.pool = ConnectionPool()
         self.gateway: Gateway | None = None
         self.server: HttpServer | None = None
+        self.front: GatewayFront | None = None
         self._retired: set[asyncio.Task[None]] = set()
 
     async def _table(self, config: SampanConfig) -> RouteTable:
@@ -73,7 +75,12 @@ class GatewayService:
             ssl=tls,
             scheme="https" if tls is not None else "http",
         )
-        await self.server.start()
+        module = load_front() if self.config.gateway.fast_path and tls is None else None
+        if module is not None:
+            self.front = GatewayFront(module, self.server, self.gateway, self.config.gateway)
+            self.front.start()
+        else:
+            await self.server.start()
         log.info(
             "gateway listening on http://%s:%d with %d route(s)",
             listen.host,
@@ -108,6 +115,8 @@ class GatewayService:
                 log.warning("gateway.%s changed: it takes effect on restart, not on reload", name)
         table = await self._table(config)
         previous = self.gateway.swap(table)
+        if self.front is not None:
+            self.front.swap(table)
         self.config = config
         task = asyncio.create_task(self._retire(previous))
         self._retired.add(task)
@@ -123,7 +132,9 @@ class GatewayService:
             await table.close()
 
     async def stop(self) -> None:
-        if self.server is not None:
+        if self.front is not None:
+            await self.front.drain(self.config.gateway.drain_timeout)
+        elif self.server is not None:
             await self.server.drain(self.config.gateway.drain_timeout)
         retired = list(self._retired)
         for task in retired:

@@ -45,7 +45,7 @@ from sampan.mesh.identity.tls import peer_spiffe_id
 if TYPE_CHECKING:
     from sampan.gateway.config import LimitsConfig
 
-__all__ = ["MAX_PIPELINE", "Handler", "HttpServer"]
+__all__ = ["MAX_PIPELINE", "Handler", "HttpServer", "head_without_framing", "status_lines"]
 
 log = logging.getLogger("sampan.http.server")
 
@@ -178,6 +178,17 @@ def _compose_head(status: int, headers: Headers, framing: bytes) -> bytes:
     return head + framing
 
 
+def head_without_framing(status: int, headers: Headers) -> bytes:
+    """The status line and end-to-end headers exactly as this server writes them, for a
+    front that writes the same answer (it adds the framing lines itself)."""
+    return _compose_head(status, headers, b"")
+
+
+def status_lines() -> list[bytes | None]:
+    """The status line this server writes for each code below 1000 (None: no phrase)."""
+    return [_STATUS_LINES.get(code) for code in range(1000)]
+
+
 def _handler_length(headers: Headers) -> bytes | None:
     """The Content-Length the handler set (digits only), or None."""
     value = headers.get(b"content-length")
@@ -249,6 +260,7 @@ class _Connection(asyncio.Protocol):
         "_waste",
         "_write_paused",
         "admitted",
+        "adopted",
         "ip",
     )
 
@@ -273,6 +285,9 @@ class _Connection(asyncio.Protocol):
         self._peer_id: str | None = None
         self.ip = ""
         self.admitted = False
+        # handed over by the compiled front: its per-client count, the bytes it had read,
+        # and whether it is over the per-client limit (refused)
+        self.adopted: tuple[bytes, bool] | None = None
         self._mode = _HTTP
         self._phase = _IDLE
         self._deadline: float | None = None
@@ -337,6 +352,8 @@ class _Connection(asyncio.Protocol):
             return
         # a new connection must start its first request within the header timeout
         self._set_deadline(_IDLE, min(self._limits.header_timeout, self._limits.keepalive_timeout))
+        if self.adopted is not None and self.adopted[0]:
+            self.data_received(self.adopted[0])  # what the front read before handing over
 
     def _refuse(self) -> None:
         """Over the per-client connection limit: answer 503 at once and linger-close."""
@@ -1205,6 +1222,53 @@ class HttpServer:
         self._in_flight = 0
         self._draining = False
         self._all_closed: asyncio.Event | None = None
+        self._listener: socket.socket | None = None
+        self._release: Callable[[str], None] | None = None
+        self._adopting: set[asyncio.Task[None]] = set()
+
+    def listen(self) -> socket.socket:
+        """Bind and listen without serving: for a front (the compiled fast path) that
+        accepts on this socket and hands connections back through :meth:`adopt`."""
+        infos = socket.getaddrinfo(self.host, self._port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = infos[0]
+        sock = self.sock or socket.socket(family, socket.SOCK_STREAM)
+        if self.sock is None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        sock.listen(2048)
+        sock.setblocking(False)
+        self._listener = sock
+        self._port = int(sock.getsockname()[1])
+        return sock
+
+    def adopt(
+        self, fd: int, ip: str, data: bytes, *, refused: bool, release: Callable[[str], None]
+    ) -> None:
+        """Serve a connection the front accepted (``data``: what it read and did not answer).
+        ``refused``: over the per-client limit, answered 503; otherwise ``release(ip)`` is
+        called when it closes, the front counting it until then."""
+        self._release = release
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(fileno=fd)
+        conn = _Connection(self, loop)
+        conn.adopted = (data, refused)
+        task = loop.create_task(self._adopt(loop, sock, conn, ip))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: _Connection, ip: str
+    ) -> None:
+        try:
+            await loop.connect_accepted_socket(lambda: conn, sock)
+        except OSError as exc:  # the client went away in between
+            log.debug("adopting a connection failed: %s", exc)
+            sock.close()
+            if conn.adopted is not None and not conn.adopted[1] and not conn.admitted:
+                assert self._release is not None
+                self._release(ip)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -1242,6 +1306,10 @@ class HttpServer:
 
     def _admit(self, conn: _Connection) -> bool:
         self._conns.add(conn)
+        if conn.adopted is not None:  # the front counted it against the per-client limit
+            refused = conn.adopted[1]
+            conn.admitted = not refused
+            return not refused
         if self._draining:
             return False
         count = self._per_ip.get(conn.ip, 0)
@@ -1253,7 +1321,11 @@ class HttpServer:
 
     def _forget(self, conn: _Connection) -> None:
         self._conns.discard(conn)
-        if conn.admitted:
+        if conn.adopted is not None:
+            if conn.admitted and self._release is not None:
+                conn.admitted = False
+                self._release(conn.ip)
+        elif conn.admitted:
             conn.admitted = False
             count = self._per_ip.get(conn.ip, 0) - 1
             if count > 0:
@@ -1294,3 +1366,6 @@ class HttpServer:
                     await server.wait_closed()
             except TimeoutError:
                 pass
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
