@@ -26,6 +26,7 @@ import json
 import re
 import socket
 import threading
+import uuid
 from collections.abc import Awaitable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -511,6 +512,8 @@ async def exchange(
 # -- normalisation and comparison ---------------------------------------------------------------
 
 _LATENCY: Final = re.compile(rb"(?im)^(x-sampan-proxy-latency:[ \t]*)[0-9]+")
+# An id request-id generated (32 lowercase hex digits); the ids clients send here differ.
+_REQUEST_ID: Final = re.compile(rb"(?im)^(x-request-id:[ \t]*)[0-9a-f]{32}\r$")
 _TRACEPARENT: Final = re.compile(
     rb"(?im)^(traceparent:[ \t]*00-)([0-9a-f]{32})-([0-9a-f]{16})(-[0-9a-f]{2})"
 )
@@ -524,7 +527,8 @@ def _trace(m: re.Match[bytes]) -> bytes:
 def normalise(data: bytes) -> bytes:
     """The only differences the contract allows: the latency value and the random ids of
     traceparent (a trace id the client sent must survive, so it is kept)."""
-    return _TRACEPARENT.sub(_trace, _LATENCY.sub(rb"\1<n>", data))
+    data = _REQUEST_ID.sub(rb"\1<id>\r", _LATENCY.sub(rb"\1<n>", data))
+    return _TRACEPARENT.sub(_trace, data)
 
 
 def _first_difference(a: bytes, b: bytes) -> str:
@@ -581,6 +585,9 @@ def _dead_port() -> int:
     return port
 
 
+API_KEY: Final = "pos-01-secret-key"
+
+
 def build_config(upstream_port: int, dead_port: int, fast_path: bool) -> SampanConfig:
     """One config for both modes; only ``gateway.fast_path`` differs (when it exists)."""
     up = f"http://{HOST}:{upstream_port}"
@@ -610,6 +617,22 @@ def build_config(upstream_port: int, dead_port: int, fast_path: bool) -> SampanC
             "target": service(),
         },
         {
+            "name": "keyed",
+            "match": {"path_prefix": "/keyed"},
+            "plugins": [
+                {"name": "request-id"},
+                {"name": "key-auth"},
+                {"name": "rate-limit", "config": {"rate": 1000, "period": "1s"}},
+            ],
+            "target": service(),
+        },
+        {
+            "name": "limited",
+            "match": {"path_prefix": "/limited"},
+            "plugins": [{"name": "rate-limit", "config": {"rate": 2, "period": "60s"}}],
+            "target": service(),
+        },
+        {
             "name": "fixed",
             "match": {"path": "/fixed"},
             "target": {
@@ -632,7 +655,10 @@ def build_config(upstream_port: int, dead_port: int, fast_path: bool) -> SampanC
             "target": service(),
         },
     ]
-    return SampanConfig.model_validate({"gateway": gateway, "routes": routes})
+    consumers = [{"username": "pos-01", "key_auth": [{"key": API_KEY}]}]
+    return SampanConfig.model_validate(
+        {"gateway": gateway, "routes": routes, "consumers": consumers}
+    )
 
 
 class Rig:
@@ -824,7 +850,7 @@ def test_strip_prefix(rig: Rig) -> None:
 
 
 def test_plugin_route(rig: Rig) -> None:
-    """Handed to Python in fast mode; a client id keeps request-id deterministic."""
+    """request-id keeps a well-formed client id (served by the front in fast mode)."""
     out = rig.compare(req("GET", "/plugged/x", [("x-request-id", "fixed-id-1")]))
     assert out.one().header(b"x-request-id") == b"fixed-id-1"
     assert out.seen[0].header(b"x-request-id") == b"fixed-id-1"
@@ -1491,3 +1517,46 @@ def test_mutated_requests_get_the_same_answer(
     out = rig.compare([Send(data), HalfClose()], (), deadline=3)
     for resp in out.finals():
         assert 100 <= resp.status <= 599
+
+
+# -- plugins the front applies itself: request-id, key-auth, rate-limit (local) ------------------
+
+
+def test_key_auth_accepts_and_hides_the_key(rig: Rig) -> None:
+    """A good key: 200 with the RateLimit headers and a generated request id; the upstream
+    never sees the key and gets the id."""
+    out = rig.compare(req("GET", "/keyed/a", [("apikey", API_KEY), ("x-other", "1")]))
+    answer = out.one()
+    assert answer.status == 200
+    assert answer.header(b"ratelimit-policy") == b'"default";q=1000;w=1'
+    assert (answer.header(b"x-request-id") or b"") != b""
+    assert out.seen[0].header(b"apikey") is None
+    assert out.seen[0].header(b"x-request-id") == answer.header(b"x-request-id")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[], [("apikey", "wrong")], [("apikey", "")], [("x-api-key", "x" * 1025)]],
+    ids=["missing", "wrong", "empty", "too-long"],
+)
+def test_key_auth_refuses(rig: Rig, fields: list[tuple[str, str]]) -> None:
+    out = rig.compare(req("GET", "/keyed/b", [*fields, ("x-request-id", "rid-1")]))
+    assert out.one().status == 401
+    assert not out.seen
+
+
+def test_key_auth_second_name_and_client_request_id(rig: Rig) -> None:
+    out = rig.compare(req("GET", "/keyed/c", [("x-api-key", API_KEY), ("x-request-id", "r-9")]))
+    assert out.one().status == 200
+    assert out.one().header(b"x-request-id") == b"r-9"
+    assert out.seen[0].header(b"x-api-key") is None
+
+
+def test_rate_limit_refuses_the_third(rig: Rig) -> None:
+    """Two per minute by IP: the third request, on the same keep-alive connection, is 429
+    (the front hands it to Python, which decides on the same buckets)."""
+    path = "/limited/" + uuid.uuid4().hex  # the buckets are per IP: one test uses them
+    out = rig.compare(req("GET", path) + req("GET", path) + req("GET", path), ["GET", "GET", "GET"])
+    statuses = [r.status for r in out.finals()]
+    assert statuses == [200, 200, 429]
+    assert out.finals()[2].header(b"retry-after") is not None

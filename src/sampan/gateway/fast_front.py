@@ -11,21 +11,26 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 from sampan.gateway.app import Gateway
 from sampan.gateway.config import GatewayConfig
 from sampan.gateway.normalize import BadPath, normalize_path
+from sampan.gateway.plugins.rate_limit import consumer_bucket
 from sampan.gateway.proxy import Proxy, upstream_target
 from sampan.gateway.route_table import CompiledRoute, ProxyTarget, RouteTable
 from sampan.gateway.router import RouteMatch
 from sampan.http.headers import Headers
 from sampan.http.request import Request
 from sampan.http.server import HttpServer, head_without_framing, status_lines
+from sampan.observe.metrics import TargetMetrics
 
 log = logging.getLogger("sampan.gateway.fast_front")
 
-_NO_HEADERS = Headers()
+_NO_HEADERS: Final = Headers()
+METRICS_INTERVAL: Final = 0.25
+"""Seconds between two merges of the front's counts into the routes' quartets."""
 
 
 def load_front() -> Any | None:
@@ -37,11 +42,36 @@ def load_front() -> Any | None:
         return None
 
 
+_FAST_PLUGINS: Final = ("request-id", "key-auth", "rate-limit")
+
+
+def _plugin_specs(route: CompiledRoute) -> tuple[Any, Any, Any] | None:
+    """(request-id, key-auth, rate-limit) options as the front takes them (None where the
+    route does not run that plugin), or None when a plugin of the route needs Python."""
+    found: dict[str, Any] = {}
+    for plugin in route.plugins:
+        spec = plugin.fast_path_spec()
+        if spec is None or spec[0] not in _FAST_PLUGINS or spec[0] in found:
+            return None
+        found[spec[0]] = spec[1]
+    key_auth = found.get("key-auth")
+    if key_auth is not None:
+        names, hide, anonymous, keys = key_auth
+        key_auth = (
+            names,
+            hide,
+            consumer_bucket(anonymous).encode() if anonymous is not None else None,
+            [(digest, consumer_bucket(username).encode()) for digest, username in keys],
+        )
+    return found.get("request-id"), key_auth, found.get("rate-limit")
+
+
 def _eligible(route: CompiledRoute) -> Proxy | None:
     """The route's proxy when the front can serve it whole: a service target with endpoints
-    and nothing that needs Python per request (plugins, fault injection, a rewrite query)."""
+    and nothing that needs Python per request (fault injection, a rewrite query, plugins
+    other than request-id, key-auth and a local rate-limit)."""
     target = route.target
-    if route.request_plugins or route.response_plugins or route.fault is not None:
+    if route.fault is not None:
         return None
     if not isinstance(target, ProxyTarget) or type(target.proxy) is not Proxy:
         return None
@@ -53,7 +83,9 @@ def _eligible(route: CompiledRoute) -> Proxy | None:
 class FrontTable:
     """One route table as the front sees it: eligible routes by index, and a resolver."""
 
-    def __init__(self, table: RouteTable, encoded_slash: str) -> None:
+    def __init__(
+        self, table: RouteTable, encoded_slash: str, quartet_id: Callable[[TargetMetrics], int]
+    ) -> None:
         self.table = table
         self._encoded_slash = encoded_slash
         self.routes: list[CompiledRoute] = []
@@ -67,7 +99,8 @@ class FrontTable:
         for route in table.routes:
             proxy = _eligible(route)
             spec = proxy.fast_path_spec() if proxy is not None else None
-            if spec is None:
+            plugins = _plugin_specs(route)
+            if spec is None or plugins is None:
                 continue
             self._index[id(route)] = len(self.routes)
             self.routes.append(route)
@@ -84,6 +117,9 @@ class FrontTable:
                     spec.write_timeout,
                     route.body_limit,
                     failures,
+                    quartet_id(route.quartet),
+                    route.quartet.bounds,
+                    plugins,
                 )
             )
 
@@ -123,6 +159,9 @@ class GatewayFront:
         self._table: FrontTable | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ended = asyncio.Event()
+        self._quartets: list[TargetMetrics] = []
+        self._quartet_ids: dict[int, int] = {}
+        self._metrics_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         limits = self._config.limits
@@ -148,13 +187,33 @@ class GatewayFront:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._front.notify_fd, self._collect)
         self._front.start()
+        self._metrics_timer = self._loop.call_later(METRICS_INTERVAL, self._merge_metrics)
 
     def swap(self, table: RouteTable) -> None:
         """Serve ``table`` from the next request on (the front's cached decisions go too)."""
-        front_table = FrontTable(table, self._gateway.encoded_slash)
+        front_table = FrontTable(table, self._gateway.encoded_slash, self._quartet_id)
         self._table = front_table
         resolver = front_table.resolve if front_table.usable and front_table.specs else None
         self._front.set_table(resolver, front_table.specs)
+
+    def _quartet_id(self, quartet: TargetMetrics) -> int:
+        """A stable number per quartet: counts of a request served on a replaced table still
+        reach the right route's quartet."""
+        found = self._quartet_ids.get(id(quartet))
+        if found is None:
+            found = self._quartet_ids[id(quartet)] = len(self._quartets)
+            self._quartets.append(quartet)
+        return found
+
+    def _merge_metrics(self) -> None:
+        front = self._front
+        if front is None:
+            return
+        quartets = self._quartets
+        for index, buckets, seconds, errors in front.take_metrics():
+            quartets[index].merge(buckets, seconds, errors)
+        if self._loop is not None and front.running:
+            self._metrics_timer = self._loop.call_later(METRICS_INTERVAL, self._merge_metrics)
 
     def stats(self) -> dict[str, Any]:
         return dict(self._front.stats()) if self._front is not None else {}
@@ -170,12 +229,9 @@ class GatewayFront:
         if not observations or table is None:
             return
         routes = table.routes
-        for index, seconds, status, failure, detail in observations:
-            route = routes[index] if 0 <= index < len(routes) else None
-            if failure >= 0 and route is not None:
-                log.warning("route %s: upstream failed (fast path): %s", route.name, detail)
-            if status and route is not None:
-                route.quartet.observe(seconds, error=status >= 500)
+        for index, _seconds, _status, _failure, detail in observations:
+            name = routes[index].name if 0 <= index < len(routes) else "?"
+            log.warning("route %s: upstream failed (fast path): %s", name, detail)
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 (as HttpServer.drain)
         """Stop accepting and let the front's requests finish, then the Python server's."""
@@ -194,6 +250,9 @@ class GatewayFront:
         front.stop()
         assert self._loop is not None
         self._loop.remove_reader(front.notify_fd)
+        if self._metrics_timer is not None:
+            self._metrics_timer.cancel()
         self._collect()  # connections handed over at the very end
+        self._merge_metrics()
         await self._server.drain(max(0.1, deadline - loop.time()))
         self._front = None

@@ -16,6 +16,7 @@
 #include <Python.h>
 
 #include <arpa/inet.h>
+#include <math.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -90,11 +91,305 @@ static size_t buf_pending(const buf_t *b) { return b->len - b->off; }
 static void buf_free(buf_t *b) { free(b->data); memset(b, 0, sizeof *b); }
 static void buf_clear(buf_t *b) { b->len = b->off = 0; }
 
+static uint64_t fnv64_early(const char *p, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
+
+/* ---------------------------------------------------------------- SHA-256 (FIPS 180-4)
+ * key-auth keeps only digests of keys, as its Python side does. */
+
+static const uint32_t SHA_K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(uint32_t h[8], const unsigned char *p) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = k + (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25)) + ((e & f) ^ (~e & g)) +
+                      SHA_K[i] + w[i];
+        uint32_t t2 = (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
+}
+
+static void sha256(const void *data, size_t n, unsigned char out[32]) {
+    uint32_t h[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                     0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    const unsigned char *p = data;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) sha256_block(h, p + i);
+    unsigned char tail[128] = {0};
+    size_t rest = n - i;
+    memcpy(tail, p + i, rest);
+    tail[rest] = 0x80;
+    size_t blocks = rest + 9 <= 64 ? 1 : 2;
+    uint64_t bits = (uint64_t)n * 8;
+    for (int b = 0; b < 8; b++) tail[blocks * 64 - 1 - b] = (unsigned char)(bits >> (8 * b));
+    for (size_t b = 0; b < blocks; b++) sha256_block(h, tail + 64 * b);
+    for (int j = 0; j < 8; j++) {
+        out[4 * j] = (unsigned char)(h[j] >> 24);
+        out[4 * j + 1] = (unsigned char)(h[j] >> 16);
+        out[4 * j + 2] = (unsigned char)(h[j] >> 8);
+        out[4 * j + 3] = (unsigned char)h[j];
+    }
+}
+
+/* ---------------------------------------------------------------- GCRA buckets
+ * rate-limit's `local` policy: one theoretical arrival time (TAT) per key. Shared by the
+ * front and the Python plugin (Buckets.take), so both paths draw from the same buckets. */
+
+typedef struct bucket {
+    char *key;
+    size_t len;
+    uint64_t hash;
+    double tat;
+    struct bucket *next;
+} bucket_t;
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t lock;
+    double interval, tolerance;
+    bucket_t **slots;
+    size_t n_slots, count, sweep_at;
+} Buckets;
+
+typedef struct {
+    int allowed;
+    double retry_after, reset;
+    long long remaining;
+} decision_t;
+
+static void buckets_sweep(Buckets *b, double now) {
+    size_t kept = 0;
+    for (size_t i = 0; i < b->n_slots; i++) {
+        bucket_t **pp = &b->slots[i];
+        while (*pp) {
+            bucket_t *e = *pp;
+            if (e->tat <= now) { /* full again: the same as never seen */
+                *pp = e->next;
+                free(e->key);
+                free(e);
+            } else {
+                kept++;
+                pp = &e->next;
+            }
+        }
+    }
+    b->count = kept;
+    b->sweep_at = kept * 2 > 1024 ? kept * 2 : 1024;
+}
+
+static int buckets_grow(Buckets *b) {
+    size_t n = b->n_slots * 2;
+    bucket_t **slots = calloc(n, sizeof *slots);
+    if (!slots) return -1;
+    for (size_t i = 0; i < b->n_slots; i++) {
+        for (bucket_t *e = b->slots[i], *next; e; e = next) {
+            next = e->next;
+            e->next = slots[e->hash & (n - 1)];
+            slots[e->hash & (n - 1)] = e;
+        }
+    }
+    free(b->slots);
+    b->slots = slots;
+    b->n_slots = n;
+    return 0;
+}
+
+/* The decision of RateLimitPlugin._local, on the same numbers. */
+static decision_t buckets_take(Buckets *b, const char *key, size_t len, double now) {
+    decision_t d = {0};
+    uint64_t h = fnv64_early(key, len);
+    pthread_mutex_lock(&b->lock);
+    bucket_t *e = b->slots[h & (b->n_slots - 1)];
+    while (e && !(e->hash == h && e->len == len && memcmp(e->key, key, len) == 0)) e = e->next;
+    double tat = e ? e->tat : now;
+    if (tat < now) tat = now;
+    double new_tat = tat + b->interval;
+    if (new_tat - now > b->tolerance) {
+        d.retry_after = new_tat - b->tolerance - now;
+        d.reset = tat - now;
+        pthread_mutex_unlock(&b->lock);
+        return d;
+    }
+    if (!e) {
+        e = calloc(1, sizeof *e);
+        char *k = e ? malloc(len ? len : 1) : NULL;
+        if (!e || !k) { /* out of memory: let it through uncounted rather than fail it */
+            free(e);
+            pthread_mutex_unlock(&b->lock);
+            d.allowed = 1;
+            return d;
+        }
+        memcpy(k, key, len);
+        e->key = k;
+        e->len = len;
+        e->hash = h;
+        e->next = b->slots[h & (b->n_slots - 1)];
+        b->slots[h & (b->n_slots - 1)] = e;
+        b->count++;
+    }
+    e->tat = new_tat;
+    if (b->count > b->sweep_at) {
+        buckets_sweep(b, now);
+        if (b->count > b->n_slots) buckets_grow(b);
+    }
+    pthread_mutex_unlock(&b->lock);
+    d.allowed = 1;
+    d.reset = new_tat - now;
+    d.remaining = (long long)floor((b->tolerance - (new_tat - now)) / b->interval + 1e-9);
+    return d;
+}
+
+static int Buckets_init(Buckets *b, PyObject *args, PyObject *kw) {
+    static char *names[] = {"interval", "tolerance", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "dd", names, &b->interval, &b->tolerance)) return -1;
+    if (!(b->interval > 0) || !(b->tolerance > 0)) {
+        PyErr_SetString(PyExc_ValueError, "interval and tolerance must be positive");
+        return -1;
+    }
+    if (b->slots) return 0;
+    pthread_mutex_init(&b->lock, NULL);
+    b->n_slots = 1024;
+    b->sweep_at = 1024;
+    b->slots = calloc(b->n_slots, sizeof *b->slots);
+    if (!b->slots) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Buckets_take(Buckets *b, PyObject *args) {
+    const char *key;
+    Py_ssize_t len;
+    double now;
+    if (!PyArg_ParseTuple(args, "y#d", &key, &len, &now)) return NULL;
+    if (!b->slots) {
+        PyErr_SetString(PyExc_RuntimeError, "Buckets not initialised");
+        return NULL;
+    }
+    decision_t d = buckets_take(b, key, (size_t)len, now);
+    return Py_BuildValue("(OddL)", d.allowed ? Py_True : Py_False, d.retry_after, d.reset,
+                         d.remaining);
+}
+
+static PyObject *Buckets_len(Buckets *b, PyObject *unused) {
+    (void)unused;
+    pthread_mutex_lock(&b->lock);
+    size_t n = b->count;
+    pthread_mutex_unlock(&b->lock);
+    return PyLong_FromSize_t(n);
+}
+
+static void Buckets_dealloc(Buckets *b) {
+    if (b->slots) {
+        for (size_t i = 0; i < b->n_slots; i++) {
+            for (bucket_t *e = b->slots[i], *next; e; e = next) {
+                next = e->next;
+                free(e->key);
+                free(e);
+            }
+        }
+        free(b->slots);
+        pthread_mutex_destroy(&b->lock);
+    }
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyMethodDef Buckets_methods[] = {
+    {"take", (PyCFunction)Buckets_take, METH_VARARGS,
+     "take(key, now) -> (allowed, retry_after, reset, remaining): one request's GCRA decision."},
+    {"size", (PyCFunction)Buckets_len, METH_NOARGS, "Buckets held."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject BucketsType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "sampan.http._fastpath.Buckets",
+    .tp_basicsize = sizeof(Buckets),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "GCRA buckets shared by the rate-limit plugin and the compiled front.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Buckets_init,
+    .tp_dealloc = (destructor)Buckets_dealloc,
+    .tp_methods = Buckets_methods,
+};
+
+/* ---------------------------------------------------------------- route plugins */
+
+#define MAX_KEY_NAMES 8
+#define MAX_KEY_BYTES 1024
+
+typedef struct {
+    unsigned char digest[32];
+    char *bucket; /* the rate-limit key of its consumer ("c:" + bounded name) */
+    size_t bucket_len;
+} key_entry_t;
+
+typedef struct {
+    /* request-id */
+    int reqid;
+    char reqid_header[64];
+    size_t reqid_header_len;
+    int reqid_trust, reqid_time_ordered, reqid_echo;
+    long reqid_max;
+    /* key-auth */
+    int keyauth;
+    char key_names[MAX_KEY_NAMES][64];
+    size_t key_name_len[MAX_KEY_NAMES];
+    int n_key_names;
+    int key_hide;
+    char *anonymous_bucket; /* NULL: no anonymous consumer */
+    size_t anonymous_bucket_len;
+    key_entry_t *keys;
+    size_t n_keys, keys_mask; /* open addressing by digest */
+    /* rate-limit */
+    int ratelimit;
+    PyObject *buckets_obj;
+    Buckets *buckets;
+    int limit_by; /* 0 consumer, 1 ip, 2 route */
+    int rl_headers;
+    char *rl_prefix; /* the plugin's key prefix */
+    size_t rl_prefix_len;
+    char *rl_policy;  /* RateLimit-Policy value */
+    char *rl_state;   /* '"name";' */
+} plugins_t;
 
 /* ---------------------------------------------------------------- routes */
 
@@ -111,6 +406,7 @@ typedef struct endpoint {
 
 typedef struct route {
     long id;                 /* the Python side's index */
+    long quartet;            /* index into Front.quartets */
     endpoint_t *eps;
     int n_eps;
     unsigned next;
@@ -120,6 +416,7 @@ typedef struct route {
     /* pre-rendered problem answers: head lines (status line + headers) and body */
     buf_t fail_head[3], fail_body[3]; /* 0: unavailable 502, 1: invalid 502, 2: timeout 504 */
     int fail_status[3];
+    plugins_t plugins;
 } route_t;
 
 typedef struct cache_entry {
@@ -173,6 +470,12 @@ typedef struct client {
     int may_resend;
     buf_t request;       /* the head + body sent upstream, kept for one resend */
     endpoint_t *ep;
+    /* what the route's plugins decided for the request in flight */
+    char reqid[1025];
+    size_t reqid_len;
+    int reqid_generated;
+    int rl_set;
+    long long rl_r, rl_t;
 } client_t;
 
 enum {
@@ -234,6 +537,17 @@ typedef struct ip_count {
 
 #define IP_BUCKETS 1024
 
+/* A route's latency histogram and error count, merged into its Python quartet now and then
+ * (TargetMetrics.merge): counting here spares the Python thread a wake-up per request. */
+typedef struct quartet {
+    double *bounds; /* upper bounds, ascending; a last bucket counts the rest */
+    int n_bounds;
+    unsigned long long *buckets;
+    double sum;
+    unsigned long long errors;
+    int dirty;
+} quartet_t;
+
 typedef struct {
     PyObject_HEAD
     int listen_fd;
@@ -252,6 +566,8 @@ typedef struct {
     size_t n_obs, cap_obs;
     unsigned long long obs_dropped;
     ip_count_t *ips[IP_BUCKETS];
+    quartet_t *quartets; /* by the Python side's id for the route's quartet */
+    size_t n_quartets;
     /* front thread only */
     int listen_kind, wake_kind;
     client_t *dead_clients;
@@ -323,7 +639,18 @@ static void ip_release(Front *f, const char *ip) {
 
 /* ---------------------------------------------------------------- tables */
 
+static void plugins_clear(plugins_t *pl) {
+    for (size_t i = 0; pl->keys && i <= pl->keys_mask; i++) free(pl->keys[i].bucket);
+    free(pl->keys);
+    free(pl->anonymous_bucket);
+    free(pl->rl_prefix);
+    free(pl->rl_policy);
+    free(pl->rl_state);
+    /* buckets_obj is released with the GIL by table_release */
+}
+
 static void route_clear(route_t *r) {
+    plugins_clear(&r->plugins);
     for (int i = 0; i < r->n_eps; i++) {
         endpoint_t *ep = &r->eps[i];
         for (int j = 0; j < ep->n_idle; j++) close(ep->idle[j]);
@@ -340,6 +667,13 @@ static void route_clear(route_t *r) {
 /* Called on the front thread (no GIL) except when the front never started. */
 static void table_release(table_t *t, int have_gil) {
     if (!t || --t->refs > 0) return;
+    int objects = 0;
+    for (int i = 0; i < t->n_routes; i++) objects |= t->routes[i].plugins.buckets_obj != NULL;
+    if (objects) {
+        PyGILState_STATE g = have_gil ? PyGILState_UNLOCKED : PyGILState_Ensure();
+        for (int i = 0; i < t->n_routes; i++) Py_CLEAR(t->routes[i].plugins.buckets_obj);
+        if (!have_gil) PyGILState_Release(g);
+    }
     for (int i = 0; i < t->n_routes; i++) route_clear(&t->routes[i]);
     free(t->routes);
     for (int i = 0; i < CACHE_SIZE; i++) {
@@ -630,6 +964,23 @@ static void set_events(Front *f, int fd, void *ptr, int *current, int want) {
 static void observe(Front *f, client_t *c, int status, int failure, const char *detail) {
     double seconds = now_s() - c->started;
     pthread_mutex_lock(&f->lock);
+    if (status && c->route && (size_t)c->route->quartet < f->n_quartets) {
+        quartet_t *q = &f->quartets[c->route->quartet];
+        int lo = 0, hi = q->n_bounds; /* bisect_left */
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (q->bounds[mid] < seconds) lo = mid + 1;
+            else hi = mid;
+        }
+        q->buckets[lo]++;
+        q->sum += seconds;
+        if (status >= 500) q->errors++;
+        q->dirty = 1;
+    }
+    if (failure < 0) { /* counted: nothing for Python to log */
+        pthread_mutex_unlock(&f->lock);
+        return;
+    }
     if (f->n_obs == f->cap_obs) {
         size_t cap = f->cap_obs ? f->cap_obs * 2 : 1024;
         if (cap > (1u << 20)) {
@@ -788,6 +1139,9 @@ static void add_latency(Front *f, client_t *c, buf_t *b) {
 
 /* Keep the connection after this answer? As Python's server: not once the client has shut
  * its side, unless requests it sent before are still waiting. */
+static int field_named(const field_t *fl, const char *name, size_t len);
+static void add_plugin_headers(client_t *c, buf_t *b);
+
 static int client_keep(Front *f, client_t *c) {
     return c->keep_alive && !f->draining && (!c->eof || buf_pending(&c->in));
 }
@@ -798,6 +1152,7 @@ static void answer_failure(Front *f, client_t *c, int which, const char *detail)
     buf_t *b = &c->out;
     if (!c->out.len) c->write_since = now_s();
     buf_add(b, r->fail_head[which].data, r->fail_head[which].len);
+    add_plugin_headers(c, b);
     add_latency(f, c, b);
     buf_fmt(b, "content-length: %lld\r\n", (long long)r->fail_body[which].len);
     int keep = client_keep(f, c);
@@ -1057,6 +1412,11 @@ static int upstream_head(Front *f, upstream_t *u) {
             s = e + 2;
         }
         if (te_other) return -1;
+        plugins_t *pl = &c->route->plugins;
+        if (pl->reqid && pl->reqid_echo && c->reqid_len) /* request-id sets its own */
+            for (int i = 0; i < nf; i++)
+                if (!fields[i].drop && field_named(&fields[i], pl->reqid_header, pl->reqid_header_len))
+                    fields[i].drop = 1;
         /* named fields are dropped too */
         for (int i = 0; i < nf; i++) {
             if (fields[i].drop) continue;
@@ -1097,6 +1457,7 @@ static int upstream_head(Front *f, upstream_t *u) {
         }
         buf_str(b, f->via);
         buf_add(b, "\r\n", 2);
+        add_plugin_headers(c, b);
         add_latency(f, c, b);
         int no_body = c->head_only || status == 204 || status == 304;
         u->in.off += head_len;
@@ -1463,6 +1824,12 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
         buf_add(b, fl->value, fl->value_len);
         buf_add(b, "\r\n", 2);
     }
+    if (c->reqid_generated) {
+        buf_add(b, rt->plugins.reqid_header, rt->plugins.reqid_header_len);
+        buf_add(b, ": ", 2);
+        buf_add(b, c->reqid, c->reqid_len);
+        buf_add(b, "\r\n", 2);
+    }
     const char *peer = c->ip;
     int v6 = strchr(peer, ':') != NULL;
     buf_str(b, "host: ");
@@ -1581,6 +1948,171 @@ static cache_entry_t *decide(Front *f, table_t *t, const request_t *rq) {
     return e;
 }
 
+static int field_named(const field_t *fl, const char *name, size_t len) {
+    return fl->name_len == len && strncasecmp(fl->name, name, len) == 0;
+}
+
+static int request_id_char(unsigned char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("._-:+=/@", ch));
+}
+
+static void generate_request_id(const plugins_t *pl, char out[32]) {
+    unsigned char raw[16];
+    char hex[32];
+    random_hex(hex, 16); /* 16 random bytes as hex; turned back into bytes below */
+    for (int i = 0; i < 16; i++) {
+        int hi = hex[2 * i] <= '9' ? hex[2 * i] - '0' : hex[2 * i] - 'a' + 10;
+        int lo = hex[2 * i + 1] <= '9' ? hex[2 * i + 1] - '0' : hex[2 * i + 1] - 'a' + 10;
+        raw[i] = (unsigned char)(hi << 4 | lo);
+    }
+    if (pl->reqid_time_ordered) { /* UUIDv7 layout: 48-bit Unix milliseconds first */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        for (int i = 0; i < 6; i++) raw[i] = (unsigned char)(ms >> (8 * (5 - i)));
+        raw[6] = (unsigned char)((raw[6] & 0x0F) | 0x70);
+    } else {
+        raw[6] = (unsigned char)((raw[6] & 0x0F) | 0x40);
+    }
+    raw[8] = (unsigned char)((raw[8] & 0x3F) | 0x80);
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < 16; i++) {
+        out[2 * i] = digits[raw[i] >> 4];
+        out[2 * i + 1] = digits[raw[i] & 15];
+    }
+}
+
+static int digests_equal(const unsigned char *a, const unsigned char *b) {
+    unsigned char diff = 0; /* constant time, as hmac.compare_digest */
+    for (int i = 0; i < 32; i++) diff |= (unsigned char)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+/* The route's plugins on this request, as their Python versions decide. 0: go on (fields
+ * marked for dropping, the client's scratch filled in); -1: Python's (a rejection, or
+ * anything the front does not answer itself). Nothing is changed before the last check. */
+static int apply_plugins(Front *f, client_t *c, route_t *rt, request_t *rq) {
+    plugins_t *pl = &rt->plugins;
+    c->reqid_len = 0;
+    c->reqid_generated = 0;
+    c->rl_set = 0;
+    if (!pl->reqid && !pl->keyauth && !pl->ratelimit) return 0;
+    int generate = 0;
+    if (pl->reqid) {
+        int count = 0;
+        const field_t *incoming = NULL;
+        for (int i = 0; i < rq->n_fields; i++) {
+            if (field_named(&rq->fields[i], pl->reqid_header, pl->reqid_header_len)) {
+                count++;
+                incoming = &rq->fields[i];
+            }
+        }
+        int valid = incoming && incoming->value_len >= 1 && (long)incoming->value_len <= pl->reqid_max;
+        for (size_t i = 0; valid && i < incoming->value_len; i++)
+            valid = request_id_char((unsigned char)incoming->value[i]);
+        generate = !(pl->reqid_trust && count == 1 && valid);
+        if (!generate) {
+            memcpy(c->reqid, incoming->value, incoming->value_len);
+            c->reqid_len = incoming->value_len;
+        }
+    }
+    const char *consumer = NULL; /* the consumer's bucket key */
+    size_t consumer_len = 0;
+    if (pl->keyauth) {
+        const field_t *key = NULL;
+        for (int i = 0; i < rq->n_fields && !key; i++)
+            for (int k = 0; k < pl->n_key_names; k++)
+                if (field_named(&rq->fields[i], pl->key_names[k], pl->key_name_len[k])) {
+                    key = &rq->fields[i];
+                    break;
+                }
+        if (!key) {
+            if (!pl->anonymous_bucket) return -1; /* 401: Python's */
+            consumer = pl->anonymous_bucket;
+            consumer_len = pl->anonymous_bucket_len;
+        } else {
+            if (!key->value_len || key->value_len > MAX_KEY_BYTES) return -1;
+            unsigned char digest[32];
+            sha256(key->value, key->value_len, digest);
+            uint64_t h;
+            memcpy(&h, digest, sizeof h);
+            const key_entry_t *found = NULL;
+            for (size_t at = h & pl->keys_mask; pl->keys[at].bucket; at = (at + 1) & pl->keys_mask) {
+                if (digests_equal(pl->keys[at].digest, digest)) {
+                    found = &pl->keys[at];
+                    break;
+                }
+            }
+            if (!found) return -1; /* 401: Python's */
+            consumer = found->bucket;
+            consumer_len = found->bucket_len;
+        }
+    }
+    if (pl->ratelimit) {
+        char key[MAX_KEY_BYTES + 512];
+        size_t kl = 0;
+        const char *ip = c->ip;
+        if (strncmp(ip, "::ffff:", 7) == 0 && strchr(ip + 7, '.')) ip += 7;
+        if (pl->rl_prefix_len + consumer_len + 64 > sizeof key) return -1;
+        memcpy(key, pl->rl_prefix, pl->rl_prefix_len);
+        kl = pl->rl_prefix_len;
+        if (pl->limit_by == 2) {
+            memcpy(key + kl, "route", 5);
+            kl += 5;
+        } else if (pl->limit_by == 0 && consumer) {
+            memcpy(key + kl, consumer, consumer_len);
+            kl += consumer_len;
+        } else {
+            kl += (size_t)snprintf(key + kl, sizeof key - kl, "ip:%s", ip);
+        }
+        decision_t d = buckets_take(pl->buckets, key, kl, now_s());
+        if (!d.allowed) return -1; /* 429: Python decides again on the same buckets */
+        if (pl->rl_headers) {
+            c->rl_set = 1;
+            c->rl_r = d.remaining;
+            c->rl_t = (long long)ceil(d.reset - 1e-9);
+        }
+    }
+    /* accepted: now mark what the upstream must not see */
+    if (generate) {
+        generate_request_id(pl, c->reqid);
+        c->reqid_len = 32;
+        c->reqid_generated = 1;
+        for (int i = 0; i < rq->n_fields; i++)
+            if (field_named(&rq->fields[i], pl->reqid_header, pl->reqid_header_len))
+                rq->fields[i].drop = 1;
+    }
+    if (pl->keyauth && pl->key_hide) {
+        for (int i = 0; i < rq->n_fields; i++)
+            for (int k = 0; k < pl->n_key_names; k++)
+                if (field_named(&rq->fields[i], pl->key_names[k], pl->key_name_len[k]))
+                    rq->fields[i].drop = 1;
+    }
+    (void)f;
+    return 0;
+}
+
+/* Response headers the route's plugins add, in the order their Python versions do
+ * (response hooks run in reverse: rate-limit's, then request-id's). */
+static void add_plugin_headers(client_t *c, buf_t *b) {
+    plugins_t *pl = &c->route->plugins;
+    if (c->rl_set) {
+        buf_str(b, "ratelimit-policy: ");
+        buf_str(b, pl->rl_policy);
+        buf_str(b, "\r\nratelimit: ");
+        buf_str(b, pl->rl_state);
+        buf_fmt(b, "r=%lld", c->rl_r);
+        buf_fmt(b, ";t=%lld\r\n", c->rl_t);
+    }
+    if (pl->reqid && pl->reqid_echo && c->reqid_len) {
+        buf_add(b, pl->reqid_header, pl->reqid_header_len);
+        buf_add(b, ": ", 2);
+        buf_add(b, c->reqid, c->reqid_len);
+        buf_add(b, "\r\n", 2);
+    }
+}
+
 /* Serve what the client sent: proxy one request, or hand the connection to Python. */
 static void client_process(Front *f, client_t *c) {
     if (c->busy || c->close_after || c->handoff_after) {
@@ -1618,6 +2150,16 @@ static void client_process(Front *f, client_t *c) {
     if (r != P_OK) {
         /* an incomplete request or one for Python: Python takes the connection from here,
          * once what we owe the client is written */
+        free(rq);
+        if (buf_pending(&c->out)) {
+            c->handoff_after = 1;
+            client_update_events(f, c);
+        } else {
+            client_handoff(f, c, 0);
+        }
+        return;
+    }
+    if (apply_plugins(f, c, &t->routes[d->route], rq) < 0) {
         free(rq);
         if (buf_pending(&c->out)) {
             c->handoff_after = 1;
@@ -1930,12 +2472,181 @@ static int parse_failure(route_t *r, int i, PyObject *o) {
     return 0;
 }
 
-static int parse_route(route_t *r, PyObject *o) {
-    PyObject *eps, *failures;
-    int preserve;
-    if (!PyArg_ParseTuple(o, "lOpdddLO;route", &r->id, &eps, &preserve, &r->connect_timeout,
-                          &r->read_timeout, &r->write_timeout, &r->body_limit, &failures))
+/* Make room for quartet `id` with these bounds (under the lock). */
+static int quartet_register(Front *f, long id, PyObject *bounds) {
+    if (id < 0 || id > 1000000) {
+        PyErr_SetString(PyExc_ValueError, "quartet id out of range");
         return -1;
+    }
+    if ((size_t)id >= f->n_quartets) {
+        size_t n = (size_t)id + 1;
+        quartet_t *p = realloc(f->quartets, n * sizeof *p);
+        if (!p) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memset(p + f->n_quartets, 0, (n - f->n_quartets) * sizeof *p);
+        f->quartets = p;
+        f->n_quartets = n;
+    }
+    quartet_t *q = &f->quartets[id];
+    if (q->buckets) return 0; /* the same quartet keeps its bounds */
+    Py_ssize_t nb = PyTuple_Size(bounds);
+    if (nb < 0) return -1;
+    q->bounds = calloc((size_t)nb + 1, sizeof *q->bounds);
+    q->buckets = calloc((size_t)nb + 1, sizeof *q->buckets);
+    if (!q->bounds || !q->buckets) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        q->bounds[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, i));
+        if (PyErr_Occurred()) return -1;
+    }
+    q->n_bounds = (int)nb;
+    return 0;
+}
+
+static char *dup_bytes(const char *p, Py_ssize_t n) {
+    char *out = malloc((size_t)n + 1);
+    if (!out) return NULL;
+    memcpy(out, p, (size_t)n);
+    out[n] = 0;
+    return out;
+}
+
+static int copy_name(char dst[64], size_t *len, PyObject *o) {
+    if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) < 1 || PyBytes_GET_SIZE(o) > 63) {
+        PyErr_SetString(PyExc_ValueError, "a header name of 1..63 bytes");
+        return -1;
+    }
+    memcpy(dst, PyBytes_AS_STRING(o), (size_t)PyBytes_GET_SIZE(o));
+    dst[PyBytes_GET_SIZE(o)] = 0;
+    *len = (size_t)PyBytes_GET_SIZE(o);
+    return 0;
+}
+
+/* (request-id | None, key-auth | None, rate-limit | None): see gateway/fast_front.py. */
+static int parse_plugins(plugins_t *pl, PyObject *o) {
+    PyObject *rid, *ka, *rl;
+    if (!PyArg_ParseTuple(o, "OOO;plugins", &rid, &ka, &rl)) return -1;
+    if (rid != Py_None) {
+        PyObject *header;
+        int trust, ordered, echo;
+        if (!PyArg_ParseTuple(rid, "Opplp;request-id", &header, &trust, &ordered, &pl->reqid_max,
+                              &echo))
+            return -1;
+        if (copy_name(pl->reqid_header, &pl->reqid_header_len, header)) return -1;
+        if (pl->reqid_max < 1 || pl->reqid_max > 1024) {
+            PyErr_SetString(PyExc_ValueError, "request-id max_length out of range");
+            return -1;
+        }
+        pl->reqid = 1;
+        pl->reqid_trust = trust;
+        pl->reqid_time_ordered = ordered;
+        pl->reqid_echo = echo;
+    }
+    if (ka != Py_None) {
+        PyObject *names, *anonymous, *keys;
+        int hide;
+        if (!PyArg_ParseTuple(ka, "O!pOO!;key-auth", &PyList_Type, &names, &hide, &anonymous,
+                              &PyList_Type, &keys))
+            return -1;
+        Py_ssize_t nn = PyList_GET_SIZE(names);
+        if (nn < 1 || nn > MAX_KEY_NAMES) {
+            PyErr_SetString(PyExc_ValueError, "key-auth: 1..8 key names");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < nn; i++)
+            if (copy_name(pl->key_names[i], &pl->key_name_len[i], PyList_GET_ITEM(names, i))) return -1;
+        pl->n_key_names = (int)nn;
+        pl->key_hide = hide;
+        if (anonymous != Py_None) {
+            if (!PyBytes_Check(anonymous)) {
+                PyErr_SetString(PyExc_TypeError, "key-auth: anonymous bucket key as bytes");
+                return -1;
+            }
+            pl->anonymous_bucket = dup_bytes(PyBytes_AS_STRING(anonymous), PyBytes_GET_SIZE(anonymous));
+            pl->anonymous_bucket_len = (size_t)PyBytes_GET_SIZE(anonymous);
+            if (!pl->anonymous_bucket) {
+                PyErr_NoMemory();
+                return -1;
+            }
+        }
+        size_t n = (size_t)PyList_GET_SIZE(keys), size = 16;
+        while (size < 2 * n) size *= 2;
+        pl->keys = calloc(size, sizeof *pl->keys);
+        if (!pl->keys) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        pl->keys_mask = size - 1;
+        for (size_t i = 0; i < n; i++) {
+            const char *digest, *bucket;
+            Py_ssize_t dl, bl;
+            if (!PyArg_ParseTuple(PyList_GET_ITEM(keys, (Py_ssize_t)i), "y#y#;key", &digest, &dl,
+                                  &bucket, &bl))
+                return -1;
+            if (dl != 32) {
+                PyErr_SetString(PyExc_ValueError, "key-auth: 32-byte SHA-256 digests");
+                return -1;
+            }
+            uint64_t h;
+            memcpy(&h, digest, sizeof h);
+            size_t at = h & pl->keys_mask;
+            while (pl->keys[at].bucket) at = (at + 1) & pl->keys_mask;
+            memcpy(pl->keys[at].digest, digest, 32);
+            pl->keys[at].bucket = dup_bytes(bucket, bl);
+            pl->keys[at].bucket_len = (size_t)bl;
+            if (!pl->keys[at].bucket) {
+                PyErr_NoMemory();
+                return -1;
+            }
+        }
+        pl->n_keys = n;
+        pl->keyauth = 1;
+    }
+    if (rl != Py_None) {
+        PyObject *buckets;
+        const char *prefix, *policy, *state;
+        Py_ssize_t pl1, pl2, pl3;
+        int headers;
+        if (!PyArg_ParseTuple(rl, "O!ipy#y#y#;rate-limit", &BucketsType, &buckets, &pl->limit_by,
+                              &headers, &prefix, &pl1, &policy, &pl2, &state, &pl3))
+            return -1;
+        if (pl->limit_by < 0 || pl->limit_by > 2) {
+            PyErr_SetString(PyExc_ValueError, "rate-limit: limit_by 0..2");
+            return -1;
+        }
+        pl->rl_prefix = dup_bytes(prefix, pl1);
+        pl->rl_prefix_len = (size_t)pl1;
+        pl->rl_policy = dup_bytes(policy, pl2);
+        pl->rl_state = dup_bytes(state, pl3);
+        if (!pl->rl_prefix || !pl->rl_policy || !pl->rl_state) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        Py_INCREF(buckets);
+        pl->buckets_obj = buckets;
+        pl->buckets = (Buckets *)buckets;
+        pl->rl_headers = headers;
+        pl->ratelimit = 1;
+    }
+    return 0;
+}
+
+static int parse_route(Front *f, route_t *r, PyObject *o) {
+    PyObject *eps, *failures, *bounds, *plugins;
+    int preserve;
+    if (!PyArg_ParseTuple(o, "lOpdddLOlO!O;route", &r->id, &eps, &preserve, &r->connect_timeout,
+                          &r->read_timeout, &r->write_timeout, &r->body_limit, &failures,
+                          &r->quartet, &PyTuple_Type, &bounds, &plugins))
+        return -1;
+    if (plugins != Py_None && parse_plugins(&r->plugins, plugins)) return -1;
+    pthread_mutex_lock(&f->lock);
+    int rc = quartet_register(f, r->quartet, bounds);
+    pthread_mutex_unlock(&f->lock);
+    if (rc) return -1;
     r->preserve_host = preserve;
     if (!PyList_Check(eps) || PyList_GET_SIZE(eps) < 1 || !PyList_Check(failures) ||
         PyList_GET_SIZE(failures) != 3) {
@@ -2003,7 +2714,7 @@ static PyObject *Front_set_table(Front *f, PyObject *args) {
         return PyErr_NoMemory();
     }
     for (int i = 0; i < t->n_routes; i++) {
-        if (parse_route(&t->routes[i], PyList_GET_ITEM(routes, i))) {
+        if (parse_route(f, &t->routes[i], PyList_GET_ITEM(routes, i))) {
             t->n_routes = i + 1;
             table_release(t, 1);
             return NULL;
@@ -2121,6 +2832,31 @@ static PyObject *Front_take(Front *f, PyObject *unused) {
     return res;
 }
 
+static PyObject *Front_take_metrics(Front *f, PyObject *unused) {
+    (void)unused;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    pthread_mutex_lock(&f->lock);
+    for (size_t i = 0; i < f->n_quartets; i++) {
+        quartet_t *q = &f->quartets[i];
+        if (!q->dirty) continue;
+        PyObject *buckets = PyList_New(q->n_bounds + 1);
+        if (!buckets) break;
+        for (int k = 0; k <= q->n_bounds; k++) {
+            PyList_SET_ITEM(buckets, k, PyLong_FromUnsignedLongLong(q->buckets[k]));
+            q->buckets[k] = 0;
+        }
+        PyObject *item = Py_BuildValue("(nNdK)", (Py_ssize_t)i, buckets, q->sum, q->errors);
+        q->sum = 0;
+        q->errors = 0;
+        q->dirty = 0;
+        if (item) PyList_Append(out, item);
+        Py_XDECREF(item);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return out;
+}
+
 static PyObject *Front_release(Front *f, PyObject *args) {
     const char *ip;
     if (!PyArg_ParseTuple(args, "s", &ip)) return NULL;
@@ -2172,6 +2908,11 @@ static void Front_dealloc(Front *f) {
         h = next;
     }
     free(f->obs);
+    for (size_t i = 0; i < f->n_quartets; i++) {
+        free(f->quartets[i].bounds);
+        free(f->quartets[i].buckets);
+    }
+    free(f->quartets);
     for (int i = 0; i < IP_BUCKETS; i++) {
         for (ip_count_t *e = f->ips[i]; e;) {
             ip_count_t *next = e->next;
@@ -2195,6 +2936,8 @@ static PyMethodDef Front_methods[] = {
     {"stop", (PyCFunction)Front_stop, METH_NOARGS, "Close everything and join the thread."},
     {"take", (PyCFunction)Front_take, METH_NOARGS,
      "(handoffs, observations) queued since the last call."},
+    {"take_metrics", (PyCFunction)Front_take_metrics, METH_NOARGS,
+     "[(quartet id, bucket counts, latency sum, errors)] since the last call."},
     {"release", (PyCFunction)Front_release, METH_VARARGS,
      "A handed-off connection from this address closed."},
     {"stats", (PyCFunction)Front_stats, METH_NOARGS, "Counters."},
@@ -2224,12 +2967,18 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
-    if (PyType_Ready(&FrontType) < 0) return NULL;
+    if (PyType_Ready(&FrontType) < 0 || PyType_Ready(&BucketsType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&FrontType);
     if (PyModule_AddObject(m, "Front", (PyObject *)&FrontType) < 0) {
         Py_DECREF(&FrontType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&BucketsType);
+    if (PyModule_AddObject(m, "Buckets", (PyObject *)&BucketsType) < 0) {
+        Py_DECREF(&BucketsType);
         Py_DECREF(m);
         return NULL;
     }

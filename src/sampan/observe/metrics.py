@@ -137,6 +137,23 @@ class TargetMetrics:
         self._sum += seconds * n
         self._errors += errors
 
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """The latency buckets' upper bounds (seconds); one more bucket counts the rest."""
+        return self._bounds
+
+    def merge(self, buckets: list[int], seconds: float, errors: int) -> None:
+        """Add observations counted elsewhere with the same ``bounds`` (the gateway's compiled
+        front counts per bucket): ``buckets[i]`` observations in bucket ``i``, their total
+        latency ``seconds``, ``errors`` of them failed."""
+        if len(buckets) != len(self._buckets):
+            raise ValueError(f"need {len(self._buckets)} bucket counts, got {len(buckets)}")
+        mine = self._buckets
+        for i, n in enumerate(buckets):
+            mine[i] += n
+        self._sum += seconds
+        self._errors += errors
+
     def count(self, n: int = 1, *, errors: int = 0) -> None:
         """``n`` units of work without a latency (e.g. a published batch); ``errors`` failed."""
         if n < 0 or errors < 0 or errors > n:

@@ -172,3 +172,11 @@ class _Absent:
 
 
 _ABSENT: Final = _Absent()
+
+
+def compiled_front() -> Any | None:
+    """The gateway's compiled module (``sampan.http._fastpath``), or None when not built."""
+    try:
+        return importlib.import_module("sampan.http._fastpath")
+    except ImportError:  # pragma: no cover - the package build compiles it
+        return None

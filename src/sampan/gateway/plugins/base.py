@@ -63,6 +63,11 @@ class Plugin:
     async def on_request(self, request: Request) -> Response | None:
         return None
 
+    def fast_path_spec(self) -> tuple[str, object] | None:
+        """How the gateway's compiled front applies this plugin itself, or None when it
+        cannot (the route is then served by Python). See gateway/fast_front.py."""
+        return None
+
     async def on_response(self, request: Request, response: Response) -> Response:
         return response
 

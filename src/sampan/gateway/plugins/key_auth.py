@@ -107,6 +107,14 @@ class KeyAuthPlugin(Plugin):
             raise PluginConfigError(self.name, errors)
         self._table = table
 
+    def fast_path_spec(self) -> tuple[str, object] | None:
+        """Keys from headers only: (names, hide, anonymous username, [(digest, username)])."""
+        if self._in_query or not self._in_header:
+            return None
+        anonymous = self._anonymous.username if self._anonymous is not None else None
+        keys = [(digest, identity.username) for digest, (_, identity) in self._table.items()]
+        return self.name, (list(self._names), self._hide, anonymous, keys)
+
     def _find_in_query(self, request: Request) -> bytes | None:
         if not request.query:
             return None

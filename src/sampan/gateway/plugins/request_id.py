@@ -70,6 +70,20 @@ class RequestIdPlugin(Plugin):
         self._generate = _uuid4_hex if options.generator == "uuid4" else _uuid7_hex
         self._echo = options.echo_downstream
 
+    def fast_path_spec(self) -> tuple[str, object] | None:
+        options = self.options
+        assert isinstance(options, RequestIdOptions)
+        return (
+            self.name,
+            (
+                self._header,
+                self._trust,
+                options.generator == "time-ordered",
+                options.max_length,
+                self._echo,
+            ),
+        )
+
     async def on_request(self, request: Request) -> Response | None:
         header = self._header
         headers = request.headers
