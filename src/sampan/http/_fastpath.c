@@ -507,6 +507,7 @@ typedef struct upstream {
     buf_t in;
     long long remaining;
     int chunked_out;  /* re-chunk to the client */
+    int paused;       /* not read while the client catches up: no read timeout */
 } upstream_t;
 
 /* ---------------------------------------------------------------- the front object */
@@ -1198,6 +1199,14 @@ static int upstream_connect(Front *f, client_t *c, endpoint_t *ep) {
     u->client = c;
     c->up = u;
     route_t *r = c->route;
+    while (ep->n_idle) { /* one the upstream closed (or wrote to) while idle is dropped */
+        int fd = ep->idle[ep->n_idle - 1];
+        char probe;
+        ssize_t got = recv(fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        ep->n_idle--;
+        close(fd);
+    }
     if (ep->n_idle) {
         u->fd = ep->idle[--ep->n_idle];
         u->reused = 1;
@@ -1610,6 +1619,7 @@ static void upstream_finish(Front *f, upstream_t *u) {
 static void upstream_readable(Front *f, upstream_t *u) {
     client_t *c = u->client;
     route_t *r = c->route;
+    int eof = 0, err = 0;
     for (;;) {
         if (buf_reserve(&u->in, READ_CHUNK)) {
             upstream_fail(f, u, 1, "out of memory");
@@ -1626,17 +1636,13 @@ static void upstream_readable(Front *f, upstream_t *u) {
         }
         if (got < 0 && errno == EINTR) continue;
         if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-        /* end of stream or error */
-        if (u->state == U_BODY_CLOSE && got == 0) {
-            buf_str(&c->out, "0\r\n\r\n");
-            u->state = U_IDLE;
-            u->keep = 0;
-            upstream_finish(f, u);
-            return;
-        }
-        if (!u->got_bytes && try_resend(f, u)) return;
-        upstream_fail(f, u, c->response_started ? 1 : (u->got_bytes ? 1 : 0),
-                      got == 0 ? "closed by the upstream" : strerror(errno));
+        eof = 1; /* end of stream or error: first use what arrived before it */
+        err = got < 0 ? errno : 0;
+        break;
+    }
+    if (eof && !u->got_bytes) {
+        if (try_resend(f, u)) return;
+        upstream_fail(f, u, 0, err ? strerror(err) : "closed by the upstream");
         return;
     }
     if (u->state == U_HEAD) {
@@ -1645,13 +1651,26 @@ static void upstream_readable(Front *f, upstream_t *u) {
             upstream_fail(f, u, 1, "invalid response head");
             return;
         }
-        if (h == 0) return;
+        if (h == 0) {
+            if (eof) upstream_fail(f, u, 1, "closed before the end of the response head");
+            return;
+        }
     }
     int done = upstream_body(f, u);
     if (done < 0) {
         upstream_fail(f, u, 1, "invalid response body");
         return;
     }
+    if (eof && done == 0) {
+        if (u->state != U_BODY_CLOSE || err) {
+            upstream_fail(f, u, 1, err ? strerror(err) : "closed before the end of the body");
+            return;
+        }
+        buf_str(&c->out, "0\r\n\r\n"); /* the body ran to the end of the connection */
+        u->state = U_IDLE;
+        done = 1;
+    }
+    if (eof) u->keep = 0;
     if (client_flush(f, c) < 0) {
         return; /* the client is gone, and its upstream with it */
     }
@@ -1659,8 +1678,15 @@ static void upstream_readable(Front *f, upstream_t *u) {
         upstream_finish(f, u);
         return;
     }
-    /* back-pressure: stop reading the upstream while the client lags */
-    upstream_update_events(f, u, buf_pending(&c->out) > OUT_HIGH_WATER ? EPOLLRDHUP : EPOLLIN);
+    /* back-pressure: stop reading the upstream while the client lags; its read timeout
+     * waits meanwhile (the client's own write timeout covers a client that stops reading) */
+    if (buf_pending(&c->out) > OUT_HIGH_WATER) {
+        u->paused = 1;
+        upstream_update_events(f, u, EPOLLRDHUP);
+    } else {
+        u->paused = 0;
+        upstream_update_events(f, u, EPOLLIN);
+    }
     client_update_events(f, c);
 }
 
@@ -2218,9 +2244,11 @@ static void client_readable(Front *f, client_t *c) {
 static void client_on_event(Front *f, client_t *c, uint32_t events) {
     if (events & EPOLLOUT) {
         if (client_flush(f, c) < 0) return;
-        if (c->up && (c->up->events & ~REGISTERED) == EPOLLRDHUP &&
-            buf_pending(&c->out) <= OUT_HIGH_WATER)
+        if (c->up && c->up->paused && buf_pending(&c->out) <= OUT_HIGH_WATER) {
+            c->up->paused = 0;
+            c->up->deadline = now_s() + c->route->read_timeout;
             upstream_readable(f, c->up);
+        }
         else
             client_update_events(f, c);
         return;
@@ -2307,6 +2335,7 @@ static void sweep(Front *f) {
     client_t *next;
     for (client_t *c = f->clients; c; c = next) {
         next = c->next;
+        if (c->up && c->up->paused) c->up->deadline = t + c->route->read_timeout;
         if (c->up && c->up->deadline && t >= c->up->deadline) {
             upstream_t *u = c->up;
             int connecting = u->state == U_CONNECTING;
