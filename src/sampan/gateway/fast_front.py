@@ -167,7 +167,7 @@ class GatewayFront:
         limits = self._config.limits
         sock = self._server.listen()
         latency = self._gateway.latency_header
-        self._front = self._module.Front(
+        front = self._module.Front(
             sock.fileno(),
             (
                 int(limits.max_header_bytes),
@@ -183,7 +183,12 @@ class GatewayFront:
             self._server.scheme.encode("ascii"),
             status_lines(),
         )
-        self.swap(self._gateway.table)
+        self._front = front
+        try:
+            self.swap(self._gateway.table)
+        except Exception:
+            self._front = None  # never started: stop() drains the Python server alone
+            raise
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._front.notify_fd, self._collect)
         self._front.start()
@@ -243,8 +248,9 @@ class GatewayFront:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                await self._ended.wait()
+            if front.running:
+                async with asyncio.timeout(timeout):
+                    await self._ended.wait()
         except TimeoutError:
             log.warning("gateway fast path: requests still in flight after %.1fs", timeout)
         front.stop()

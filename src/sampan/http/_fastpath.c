@@ -538,6 +538,12 @@ typedef struct ip_count {
 
 #define IP_BUCKETS 1024
 
+typedef struct {
+    unsigned char pool[4096];
+    size_t used; /* starts at sizeof pool: filled on first use */
+    uint64_t fallback;
+} random_pool_t;
+
 /* A route's latency histogram and error count, merged into its Python quartet now and then
  * (TargetMetrics.merge): counting here spares the Python thread a wake-up per request. */
 typedef struct quartet {
@@ -570,6 +576,7 @@ typedef struct {
     quartet_t *quartets; /* by the Python side's id for the route's quartet */
     size_t n_quartets;
     /* front thread only */
+    random_pool_t random;
     int listen_kind, wake_kind;
     client_t *dead_clients;
     upstream_t *dead_upstreams;
@@ -1735,23 +1742,40 @@ static void upstream_on_event(Front *f, upstream_t *u, uint32_t events) {
 
 /* ---------------------------------------------------------------- building the request */
 
-static unsigned char random_pool[4096];
-static size_t random_used = sizeof random_pool;
-/* random_pool is only touched by the front thread: one front per process (see start). */
-
-static void random_hex(char *out, size_t nbytes) {
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < nbytes; i++) {
-        if (random_used >= sizeof random_pool) {
-            if (getrandom(random_pool, sizeof random_pool, 0) < 0) {
-                for (size_t k = 0; k < sizeof random_pool; k++)
-                    random_pool[k] = (unsigned char)rand();
+/* Random bytes for ids, from getrandom() 4 KiB at a time (one syscall per ~200 requests
+ * instead of one or two per request). Per front: only its thread draws from it. */
+static void random_bytes(random_pool_t *r, unsigned char *out, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (r->used >= sizeof r->pool) {
+            size_t got = 0;
+            while (got < sizeof r->pool) {
+                ssize_t k = getrandom(r->pool + got, sizeof r->pool - got, 0);
+                if (k > 0) {
+                    got += (size_t)k;
+                } else if (k < 0 && errno != EINTR) {
+                    /* no entropy source: ids need uniqueness, not secrecy (xorshift) */
+                    uint64_t x = (uint64_t)(now_s() * 1e9) ^ (uint64_t)(uintptr_t)r ^ r->fallback;
+                    for (; got < sizeof r->pool; got++) {
+                        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                        r->pool[got] = (unsigned char)x;
+                    }
+                    r->fallback = x;
+                }
             }
-            random_used = 0;
+            r->used = 0;
         }
-        unsigned char v = random_pool[random_used++];
-        out[2 * i] = hex[v >> 4];
-        out[2 * i + 1] = hex[v & 15];
+        out[i] = r->pool[r->used++];
+    }
+}
+
+static void random_hex(random_pool_t *r, char *out, size_t nbytes) {
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[64];
+    if (nbytes > sizeof raw) nbytes = sizeof raw;
+    random_bytes(r, raw, nbytes);
+    for (size_t i = 0; i < nbytes; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
     }
 }
 
@@ -1768,9 +1792,9 @@ static int lower_hex(const char *p, size_t n) {
 }
 
 /* next_traceparent() of sampan.mesh.tracing: the caller's trace, a new span id. */
-static void add_traceparent(buf_t *b, const char *in, size_t n) {
+static void add_traceparent(Front *f, buf_t *b, const char *in, size_t n) {
     char span[16];
-    do random_hex(span, 8); while (all_zero(span, 16));
+    do random_hex(&f->random, span, 8); while (all_zero(span, 16));
     char low[64];
     /* accepted form: 2 hex version "-" 32 hex trace "-" 16 hex parent "-" 2 hex flags */
     if (in) {
@@ -1793,7 +1817,7 @@ static void add_traceparent(buf_t *b, const char *in, size_t n) {
         }
     }
     char trace[32];
-    do random_hex(trace, 16); while (all_zero(trace, 32));
+    do random_hex(&f->random, trace, 16); while (all_zero(trace, 32));
     buf_str(b, "traceparent: 00-");
     buf_add(b, trace, 32);
     buf_add(b, "-", 1);
@@ -1893,7 +1917,7 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
     buf_str(b, "\r\nx-forwarded-host: ");
     buf_add(b, rq->host, rq->host_len);
     buf_str(b, "\r\n");
-    add_traceparent(b, rq->traceparent, rq->traceparent_len);
+    add_traceparent(f, b, rq->traceparent, rq->traceparent_len);
     if (rq->length) {
         buf_fmt(b, "content-length: %lld\r\n", rq->length);
     } else if ((rq->method_len == 4 && memcmp(rq->method, "POST", 4) == 0) ||
@@ -1983,15 +2007,9 @@ static int request_id_char(unsigned char ch) {
            (ch && strchr("._-:+=/@", ch));
 }
 
-static void generate_request_id(const plugins_t *pl, char out[32]) {
+static void generate_request_id(Front *f, const plugins_t *pl, char out[32]) {
     unsigned char raw[16];
-    char hex[32];
-    random_hex(hex, 16); /* 16 random bytes as hex; turned back into bytes below */
-    for (int i = 0; i < 16; i++) {
-        int hi = hex[2 * i] <= '9' ? hex[2 * i] - '0' : hex[2 * i] - 'a' + 10;
-        int lo = hex[2 * i + 1] <= '9' ? hex[2 * i + 1] - '0' : hex[2 * i + 1] - 'a' + 10;
-        raw[i] = (unsigned char)(hi << 4 | lo);
-    }
+    random_bytes(&f->random, raw, sizeof raw);
     if (pl->reqid_time_ordered) { /* UUIDv7 layout: 48-bit Unix milliseconds first */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -2102,7 +2120,7 @@ static int apply_plugins(Front *f, client_t *c, route_t *rt, request_t *rq) {
     }
     /* accepted: now mark what the upstream must not see */
     if (generate) {
-        generate_request_id(pl, c->reqid);
+        generate_request_id(f, pl, c->reqid);
         c->reqid_len = 32;
         c->reqid_generated = 1;
         for (int i = 0; i < rq->n_fields; i++)
@@ -2115,7 +2133,6 @@ static int apply_plugins(Front *f, client_t *c, route_t *rt, request_t *rq) {
                 if (field_named(&rq->fields[i], pl->key_names[k], pl->key_name_len[k]))
                     rq->fields[i].drop = 1;
     }
-    (void)f;
     return 0;
 }
 
@@ -2483,6 +2500,7 @@ static int Front_init(Front *f, PyObject *args, PyObject *kw) {
     pthread_mutex_init(&f->lock, NULL);
     f->listen_kind = K_LISTEN;
     f->wake_kind = K_WAKE;
+    f->random.used = sizeof f->random.pool;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &f->wake_kind};
     epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->wake_fd, &ev);
     return 0;
