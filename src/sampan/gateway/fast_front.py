@@ -194,12 +194,16 @@ class GatewayFront:
         self._front.start()
         self._metrics_timer = self._loop.call_later(METRICS_INTERVAL, self._merge_metrics)
 
-    def swap(self, table: RouteTable) -> None:
+    def prepare(self, table: RouteTable) -> FrontTable:
+        """What the front will serve of ``table`` (raises before anything is swapped)."""
+        return FrontTable(table, self._gateway.encoded_slash, self._quartet_id)
+
+    def swap(self, table: RouteTable | FrontTable) -> None:
         """Serve ``table`` from the next request on (the front's cached decisions go too)."""
-        front_table = FrontTable(table, self._gateway.encoded_slash, self._quartet_id)
-        self._table = front_table
+        front_table = table if isinstance(table, FrontTable) else self.prepare(table)
         resolver = front_table.resolve if front_table.usable and front_table.specs else None
         self._front.set_table(resolver, front_table.specs)
+        self._table = front_table
 
     def _quartet_id(self, quartet: TargetMetrics) -> int:
         """A stable number per quartet: counts of a request served on a replaced table still
@@ -245,6 +249,7 @@ class GatewayFront:
             await self._server.drain(timeout)
             return
         front.drain()
+        self._server.close_listener()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:

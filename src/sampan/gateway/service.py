@@ -114,9 +114,13 @@ class GatewayService:
             if getattr(config.gateway, name) != getattr(self.config.gateway, name):
                 log.warning("gateway.%s changed: it takes effect on restart, not on reload", name)
         table = await self._table(config)
-        previous = self.gateway.swap(table)
-        if self.front is not None:
-            self.front.swap(table)
+        try:
+            if self.front is not None:  # raises before anything serves the new table
+                self.front.swap(self.front.prepare(table))
+        except Exception:
+            await table.close()
+            raise
+        previous = self.gateway.swap(table)  # both paths serve the new table from here on
         self.config = config
         task = asyncio.create_task(self._retire(previous))
         self._retired.add(task)

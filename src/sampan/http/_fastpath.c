@@ -453,6 +453,8 @@ typedef struct client {
     buf_t out;
     int busy;            /* a request is in flight */
     int eof;             /* the client shut its side: answer what it sent, then close */
+    int queued;          /* on the ready list: buffered input to look at this loop turn */
+    struct client *ready_next;
     int rdhup;           /* the peer half-closed (seen while busy; read the rest later) */
     int close_after;     /* close once out is flushed */
     int handoff_after;   /* hand to Python once out is flushed */
@@ -574,10 +576,15 @@ typedef struct {
     unsigned long long obs_dropped;
     ip_count_t *ips[IP_BUCKETS];
     quartet_t *quartets; /* by the Python side's id for the route's quartet */
+    PyObject **garbage;  /* references the front thread dropped (see front_discard) */
+    size_t n_garbage, cap_garbage;
     size_t n_quartets;
     /* front thread only */
     random_pool_t random;
     int listen_kind, wake_kind;
+    client_t *ready;           /* clients with buffered requests to look at (no recursion) */
+    double accept_paused_until; /* out of descriptors: accepting resumes then */
+    int listen_fd_own;         /* the front's dup of the listening socket, closed at drain */
     client_t *dead_clients;
     upstream_t *dead_upstreams;
     table_t *table;
@@ -659,7 +666,7 @@ static void plugins_clear(plugins_t *pl) {
 
 static void route_clear(route_t *r) {
     plugins_clear(&r->plugins);
-    for (int i = 0; i < r->n_eps; i++) {
+    for (int i = 0; r->eps && i < r->n_eps; i++) {
         endpoint_t *ep = &r->eps[i];
         for (int j = 0; j < ep->n_idle; j++) close(ep->idle[j]);
         free(ep->base);
@@ -672,15 +679,35 @@ static void route_clear(route_t *r) {
     }
 }
 
-/* Called on the front thread (no GIL) except when the front never started. */
-static void table_release(table_t *t, int have_gil) {
+/* Python objects the front thread lets go of: dropped by the Python thread in take(), so
+ * that no finalizer ever runs on the front's thread. */
+static void front_discard(Front *f, PyObject *o) {
+    if (!o) return;
+    pthread_mutex_lock(&f->lock);
+    if (f->n_garbage == f->cap_garbage) {
+        size_t cap = f->cap_garbage ? f->cap_garbage * 2 : 16;
+        PyObject **p = realloc(f->garbage, cap * sizeof *p);
+        if (!p) { /* cannot queue it: leak one reference rather than take the GIL here */
+            pthread_mutex_unlock(&f->lock);
+            return;
+        }
+        f->garbage = p;
+        f->cap_garbage = cap;
+    }
+    f->garbage[f->n_garbage++] = o;
+    pthread_mutex_unlock(&f->lock);
+    front_notify(f);
+}
+
+/* have_gil: called by the Python thread; otherwise by the front's, which hands the Python
+ * objects to Python instead of taking the GIL. */
+static void table_release(Front *f, table_t *t, int have_gil) {
     if (!t || --t->refs > 0) return;
-    int objects = 0;
-    for (int i = 0; i < t->n_routes; i++) objects |= t->routes[i].plugins.buckets_obj != NULL;
-    if (objects) {
-        PyGILState_STATE g = have_gil ? PyGILState_UNLOCKED : PyGILState_Ensure();
-        for (int i = 0; i < t->n_routes; i++) Py_CLEAR(t->routes[i].plugins.buckets_obj);
-        if (!have_gil) PyGILState_Release(g);
+    for (int i = 0; i < t->n_routes; i++) {
+        PyObject *o = t->routes[i].plugins.buckets_obj;
+        t->routes[i].plugins.buckets_obj = NULL;
+        if (have_gil) Py_XDECREF(o);
+        else front_discard(f, o);
     }
     for (int i = 0; i < t->n_routes; i++) route_clear(&t->routes[i]);
     free(t->routes);
@@ -688,15 +715,9 @@ static void table_release(table_t *t, int have_gil) {
         free(t->cache[i].key);
         free(t->cache[i].target);
     }
-    if (t->resolver) {
-        if (have_gil) {
-            Py_DECREF(t->resolver);
-        } else {
-            PyGILState_STATE g = PyGILState_Ensure();
-            Py_DECREF(t->resolver);
-            PyGILState_Release(g);
-        }
-    }
+    if (have_gil) Py_XDECREF(t->resolver);
+    else front_discard(f, t->resolver);
+    t->resolver = NULL;
     free(t);
 }
 
@@ -734,8 +755,7 @@ typedef struct {
     size_t traceparent_len;
     int close;
     int idempotency_key;
-    char named[512];   /* Connection tokens, "\0"-separated, lowercase */
-    size_t named_len;
+    int has_connection; /* a Connection field is present (its tokens name fields to drop) */
     field_t fields[MAX_HEADERS]; /* last: not cleared per request */
 } request_t;
 
@@ -782,25 +802,28 @@ static int path_is_normal(const char *p, size_t n) {
     return 1;
 }
 
-static void add_named(request_t *r, const char *tok, size_t n) {
-    while (n && (*tok == ' ' || *tok == '\t')) { tok++; n--; }
-    while (n && (tok[n - 1] == ' ' || tok[n - 1] == '\t')) n--;
-    if (!n || r->named_len + n + 1 > sizeof r->named) return;
-    for (size_t i = 0; i < n; i++) {
-        char c = tok[i];
-        r->named[r->named_len + i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+/* Does a Connection field among fields[0..n) list `name` as a token? Scanned in place (no
+ * copy, so no limit on how many tokens a client or upstream sends). */
+static int connection_lists(const field_t *fields, int n, const char *name, size_t len) {
+    for (int i = 0; i < n; i++) {
+        const field_t *fl = &fields[i];
+        if (fl->name_len != 10 || strncasecmp(fl->name, "connection", 10) != 0) continue;
+        const char *t = fl->value, *end = fl->value + fl->value_len;
+        while (t < end) {
+            const char *comma = memchr(t, ',', (size_t)(end - t));
+            const char *te = comma ? comma : end;
+            const char *a = t, *b = te;
+            while (a < b && (*a == ' ' || *a == '\t')) a++;
+            while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+            if ((size_t)(b - a) == len && strncasecmp(a, name, len) == 0) return 1;
+            t = comma ? comma + 1 : end;
+        }
     }
-    r->named[r->named_len + n] = 0;
-    r->named_len += n + 1;
+    return 0;
 }
 
 static int is_named(const request_t *r, const char *name, size_t n) {
-    for (size_t i = 0; i < r->named_len;) {
-        size_t l = strlen(r->named + i);
-        if (l == n && strncasecmp(r->named + i, name, n) == 0) return 1;
-        i += l + 1;
-    }
-    return 0;
+    return r->has_connection && connection_lists(r->fields, r->n_fields, name, n);
 }
 
 /* Parse one request at the start of p[0..n). P_PYTHON: outside the subset this front
@@ -897,13 +920,7 @@ static int parse_request(Front *f, const char *p, size_t n, request_t *r) {
         case 10:
             if (name_is(fl, "connection")) {
                 fl->drop = 1;
-                const char *t = fl->value, *te = fl->value + fl->value_len;
-                while (t < te) {
-                    const char *comma = memchr(t, ',', (size_t)(te - t));
-                    const char *tend = comma ? comma : te;
-                    add_named(r, t, (size_t)(tend - t));
-                    t = comma ? comma + 1 : te;
-                }
+                r->has_connection = 1;
             } else if (name_is(fl, "keep-alive")) {
                 fl->drop = 1;
             }
@@ -991,7 +1008,7 @@ static void observe(Front *f, client_t *c, int status, int failure, const char *
     }
     if (f->n_obs == f->cap_obs) {
         size_t cap = f->cap_obs ? f->cap_obs * 2 : 1024;
-        if (cap > (1u << 20)) {
+        if (cap > (1u << 16)) { /* Python is not keeping up: count, do not queue */
             f->obs_dropped++;
             pthread_mutex_unlock(&f->lock);
             return;
@@ -1041,7 +1058,7 @@ static void client_free(Front *f, client_t *c, int close_fd) {
         ip_release(f, c->ip);
         pthread_mutex_unlock(&f->lock);
     }
-    table_release(c->table, 0);
+    table_release(f, c->table, 0);
     c->table = NULL;
     c->dead = 1;
     c->next_dead = f->dead_clients;
@@ -1100,7 +1117,9 @@ static void client_handoff(Front *f, client_t *c, int refuse) {
 static void client_update_events(Front *f, client_t *c) {
     int want = 0;
     if (buf_pending(&c->out)) want |= EPOLLOUT;
-    if (!c->eof && !c->busy && !c->close_after && !c->handoff_after) want |= EPOLLIN;
+    if (!c->eof && !c->busy && !c->close_after && !c->handoff_after &&
+        buf_pending(&c->out) <= OUT_HIGH_WATER) /* a client that does not read is not read */
+        want |= EPOLLIN;
     if (!c->eof && !c->rdhup && c->busy) want |= EPOLLRDHUP; /* a client that shuts its side */
     set_events(f, c->fd, c, &c->events, want);
 }
@@ -1172,19 +1191,25 @@ static void answer_failure(Front *f, client_t *c, int which, const char *detail)
     if (!keep) c->close_after = 1;
 }
 
+static void client_schedule(Front *f, client_t *c) {
+    if (c->queued || c->dead) return;
+    c->queued = 1;
+    c->ready_next = f->ready;
+    f->ready = c;
+}
+
 static void request_done(Front *f, client_t *c) {
     c->busy = 0;
     c->response_started = 0;
     buf_clear(&c->request);
-    table_release(c->table, 0);
+    table_release(f, c->table, 0);
     c->table = NULL;
     c->route = NULL;
     if (!client_keep(f, c)) c->close_after = 1;
     if (client_flush(f, c) < 0) return;
     if (!c->close_after && !c->handoff_after) {
         c->deadline = now_s() + f->keepalive_timeout;
-        client_process(f, c); /* a pipelined request may be waiting */
-        return;
+        if (buf_pending(&c->in) || c->eof) client_schedule(f, c); /* pipelined, or the end */
     }
     client_update_events(f, c);
 }
@@ -1237,6 +1262,7 @@ static int upstream_connect(Front *f, client_t *c, endpoint_t *ep) {
 }
 
 static void start_exchange(Front *f, client_t *c) {
+    c->request.off = 0; /* a resend starts again from the first byte */
     if (upstream_connect(f, c, c->ep) < 0) {
         if (c->up) {
             upstream_close(f, c->up);
@@ -1366,8 +1392,6 @@ static int upstream_head(Front *f, upstream_t *u) {
         int nf = 0;
         long long length = -1;
         int chunked = 0, te_other = 0, close_conn = http10;
-        char named[512];
-        size_t named_len = 0;
         const char *via_first = NULL;
         const char *s = line_end + 2, *stop = p + head_len - 2;
         while (s < stop) {
@@ -1404,23 +1428,7 @@ static int upstream_head(Front *f, upstream_t *u) {
                 if (fl->value_len == 7 && strncasecmp(fl->value, "chunked", 7) == 0) chunked = 1;
                 else te_other = 1;
             } else if (name_is(fl, "connection")) {
-                const char *t = fl->value, *te = fl->value + fl->value_len;
-                while (t < te) {
-                    const char *comma = memchr(t, ',', (size_t)(te - t));
-                    const char *tend = comma ? comma : te;
-                    while (t < tend && (*t == ' ' || *t == '\t')) t++;
-                    const char *q = tend;
-                    while (q > t && (q[-1] == ' ' || q[-1] == '\t')) q--;
-                    size_t l = (size_t)(q - t);
-                    if (l == 5 && strncasecmp(t, "close", 5) == 0) close_conn = 1;
-                    if (l && named_len + l + 1 <= sizeof named) {
-                        for (size_t i = 0; i < l; i++)
-                            named[named_len + i] = (char)((t[i] >= 'A' && t[i] <= 'Z') ? t[i] + 32 : t[i]);
-                        named[named_len + l] = 0;
-                        named_len += l + 1;
-                    }
-                    t = comma ? comma + 1 : te;
-                }
+                if (connection_lists(fl, 1, "close", 5)) close_conn = 1;
             } else if (name_is(fl, "via")) {
                 fl->drop = 2; /* gathered into ours */
                 if (!via_first) via_first = fl->value;
@@ -1433,16 +1441,10 @@ static int upstream_head(Front *f, upstream_t *u) {
             for (int i = 0; i < nf; i++)
                 if (!fields[i].drop && field_named(&fields[i], pl->reqid_header, pl->reqid_header_len))
                     fields[i].drop = 1;
-        /* named fields are dropped too */
-        for (int i = 0; i < nf; i++) {
-            if (fields[i].drop) continue;
-            for (size_t k = 0; k < named_len;) {
-                size_t l = strlen(named + k);
-                if (l == fields[i].name_len && strncasecmp(named + k, fields[i].name, l) == 0)
-                    fields[i].drop = 1;
-                k += l + 1;
-            }
-        }
+        /* fields named in Connection are dropped too */
+        for (int i = 0; i < nf; i++)
+            if (!fields[i].drop && connection_lists(fields, nf, fields[i].name, fields[i].name_len))
+                fields[i].drop = 1;
         /* compose the client's head */
         int keep = client_keep(f, c);
         buf_t *b = &c->out;
@@ -1638,7 +1640,8 @@ static void upstream_readable(Front *f, upstream_t *u) {
             u->got_bytes = 1;
             u->deadline = now_s() + r->read_timeout;
             if ((size_t)got < READ_CHUNK) break;
-            if (buf_pending(&c->out) > OUT_HIGH_WATER) break;
+            if (buf_pending(&c->out) > OUT_HIGH_WATER || buf_pending(&u->in) >= 4 * READ_CHUNK)
+                break; /* level-triggered: the rest is read on the next turn */
             continue;
         }
         if (got < 0 && errno == EINTR) continue;
@@ -1689,7 +1692,7 @@ static void upstream_readable(Front *f, upstream_t *u) {
      * waits meanwhile (the client's own write timeout covers a client that stops reading) */
     if (buf_pending(&c->out) > OUT_HIGH_WATER) {
         u->paused = 1;
-        upstream_update_events(f, u, EPOLLRDHUP);
+        upstream_update_events(f, u, 0);
     } else {
         u->paused = 0;
         upstream_update_events(f, u, EPOLLIN);
@@ -1864,7 +1867,7 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
     buf_str(b, " HTTP/1.1\r\n");
     for (int i = 0; i < rq->n_fields; i++) {
         const field_t *fl = &rq->fields[i];
-        if (fl->drop || (rq->named_len && is_named(rq, fl->name, fl->name_len))) continue;
+        if (fl->drop || is_named(rq, fl->name, fl->name_len)) continue;
         for (size_t k = 0; k < fl->name_len; k++) {
             char ch = fl->name[k];
             ch = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
@@ -2158,7 +2161,7 @@ static void add_plugin_headers(client_t *c, buf_t *b) {
 
 /* Serve what the client sent: proxy one request, or hand the connection to Python. */
 static void client_process(Front *f, client_t *c) {
-    if (c->busy || c->close_after || c->handoff_after) {
+    if (c->busy || c->close_after || c->handoff_after || buf_pending(&c->out) > OUT_HIGH_WATER) {
         client_update_events(f, c);
         return;
     }
@@ -2265,9 +2268,11 @@ static void client_on_event(Front *f, client_t *c, uint32_t events) {
             c->up->paused = 0;
             c->up->deadline = now_s() + c->route->read_timeout;
             upstream_readable(f, c->up);
+            return;
         }
-        else
-            client_update_events(f, c);
+        if (!c->busy && buf_pending(&c->out) <= OUT_HIGH_WATER && (buf_pending(&c->in) || c->eof))
+            client_schedule(f, c);
+        client_update_events(f, c);
         return;
     }
     if (events & EPOLLIN) {
@@ -2301,10 +2306,16 @@ static void accept_all(Front *f) {
     for (;;) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
-        int fd = accept4(f->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(f->listen_fd_own, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EINTR) continue;
-            return; /* EAGAIN, or out of descriptors: try again on the next event */
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                /* out of descriptors or memory: stop watching the socket for a moment
+                 * rather than spin on it */
+                epoll_ctl(f->epfd, EPOLL_CTL_DEL, f->listen_fd_own, NULL);
+                f->accept_paused_until = now_s() + 0.1;
+            }
+            return;
         }
         f->accepted++;
         int one = 1;
@@ -2349,6 +2360,11 @@ static void accept_all(Front *f) {
 
 static void sweep(Front *f) {
     double t = now_s();
+    if (f->accept_paused_until && t >= f->accept_paused_until && !f->draining) {
+        f->accept_paused_until = 0;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &f->listen_kind};
+        epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->listen_fd_own, &ev);
+    }
     client_t *next;
     for (client_t *c = f->clients; c; c = next) {
         next = c->next;
@@ -2386,12 +2402,14 @@ static void apply_commands(Front *f) {
     int drain = f->pending_drain, stop = f->pending_stop;
     pthread_mutex_unlock(&f->lock);
     if (t) {
-        table_release(f->table, 0);
+        table_release(f, f->table, 0);
         f->table = t;
     }
     if (drain && !f->draining) {
         f->draining = 1;
-        epoll_ctl(f->epfd, EPOLL_CTL_DEL, f->listen_fd, NULL);
+        epoll_ctl(f->epfd, EPOLL_CTL_DEL, f->listen_fd_own, NULL);
+        close(f->listen_fd_own); /* with Python's closed too, new clients are refused */
+        f->listen_fd_own = -1;
         client_t *next;
         for (client_t *c = f->clients; c; c = next) {
             next = c->next;
@@ -2425,6 +2443,12 @@ static void *front_main(void *arg) {
                 if (!u->dead && u->client) upstream_on_event(f, u, events[i].events);
             }
         }
+        while (f->ready) { /* pipelined requests, one client at a time, each turn */
+            client_t *c = f->ready;
+            f->ready = c->ready_next;
+            c->queued = 0;
+            if (!c->dead) client_process(f, c);
+        }
         bury(f);
         double t = now_s();
         if (t - last_sweep >= TICK_MS / 1000.0) {
@@ -2436,7 +2460,11 @@ static void *front_main(void *arg) {
     /* stop: close what is left */
     while (f->clients) client_close(f, f->clients);
     bury(f);
-    table_release(f->table, 0);
+    if (f->listen_fd_own >= 0) {
+        close(f->listen_fd_own);
+        f->listen_fd_own = -1;
+    }
+    table_release(f, f->table, 0);
     f->table = NULL;
     pthread_mutex_lock(&f->lock);
     f->running = 0;
@@ -2490,6 +2518,7 @@ static int Front_init(Front *f, PyObject *args, PyObject *kw) {
         }
     }
     f->listen_fd = listen_fd;
+    f->listen_fd_own = -1;
     f->epfd = epoll_create1(EPOLL_CLOEXEC);
     f->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     f->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -2763,7 +2792,7 @@ static PyObject *Front_set_table(Front *f, PyObject *args) {
     for (int i = 0; i < t->n_routes; i++) {
         if (parse_route(f, &t->routes[i], PyList_GET_ITEM(routes, i))) {
             t->n_routes = i + 1;
-            table_release(t, 1);
+            table_release(f, t, 1);
             return NULL;
         }
     }
@@ -2776,7 +2805,7 @@ static PyObject *Front_set_table(Front *f, PyObject *args) {
     f->pending_table = t;
     int running = f->running;
     pthread_mutex_unlock(&f->lock);
-    table_release(old, 1);
+    table_release(f, old, 1);
     if (running) {
         front_wake(f);
     } else if (!f->thread) { /* not started yet: take it now */
@@ -2784,7 +2813,7 @@ static PyObject *Front_set_table(Front *f, PyObject *args) {
         t = f->pending_table;
         f->pending_table = NULL;
         pthread_mutex_unlock(&f->lock);
-        table_release(f->table, 1);
+        table_release(f, f->table, 1);
         f->table = t;
     }
     Py_RETURN_NONE;
@@ -2796,8 +2825,10 @@ static PyObject *Front_start(Front *f, PyObject *unused) {
         PyErr_SetString(PyExc_RuntimeError, "the front was already started");
         return NULL;
     }
+    f->listen_fd_own = fcntl(f->listen_fd, F_DUPFD_CLOEXEC, 0);
+    if (f->listen_fd_own < 0) return PyErr_SetFromErrno(PyExc_OSError);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &f->listen_kind};
-    if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->listen_fd, &ev) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->listen_fd_own, &ev) < 0) return PyErr_SetFromErrno(PyExc_OSError);
     f->running = 1;
     int rc = pthread_create(&f->thread, NULL, front_main, f);
     if (rc) {
@@ -2847,14 +2878,27 @@ static PyObject *Front_take(Front *f, PyObject *unused) {
     size_t n_obs = f->n_obs;
     f->obs = NULL;
     f->n_obs = f->cap_obs = 0;
+    PyObject **garbage = f->garbage;
+    size_t n_garbage = f->n_garbage;
+    f->garbage = NULL;
+    f->n_garbage = f->cap_garbage = 0;
     pthread_mutex_unlock(&f->lock);
+    for (size_t i = 0; i < n_garbage; i++) Py_DECREF(garbage[i]);
+    free(garbage);
     PyObject *hl = PyList_New(0), *ol = PyList_New(0);
     while (h) {
         handoff_t *next = h->next;
         PyObject *item = hl ? Py_BuildValue("(iisiy#)", h->fd, h->refuse, h->ip, h->port,
                                             h->data ? h->data : "", (Py_ssize_t)h->len)
                             : NULL;
-        if (!item || PyList_Append(hl, item) < 0) close(h->fd); /* never leak the socket */
+        if (!item || PyList_Append(hl, item) < 0) { /* never leak the socket or its count */
+            close(h->fd);
+            if (!h->refuse) {
+                pthread_mutex_lock(&f->lock);
+                ip_release(f, h->ip);
+                pthread_mutex_unlock(&f->lock);
+            }
+        }
         Py_XDECREF(item);
         free(h->data);
         free(h);
@@ -2879,28 +2923,55 @@ static PyObject *Front_take(Front *f, PyObject *unused) {
     return res;
 }
 
+typedef struct {
+    size_t id;
+    unsigned long long *buckets;
+    int n;
+    double sum;
+    unsigned long long errors;
+} counts_t;
+
 static PyObject *Front_take_metrics(Front *f, PyObject *unused) {
     (void)unused;
-    PyObject *out = PyList_New(0);
-    if (!out) return NULL;
+    /* copy and reset under the lock, build Python objects after it (allocation may run
+     * the garbage collector, which must not happen while the front waits on the lock) */
     pthread_mutex_lock(&f->lock);
-    for (size_t i = 0; i < f->n_quartets; i++) {
+    size_t dirty = 0;
+    for (size_t i = 0; i < f->n_quartets; i++) dirty += f->quartets[i].dirty != 0;
+    counts_t *taken = dirty ? calloc(dirty, sizeof *taken) : NULL;
+    size_t k = 0;
+    for (size_t i = 0; taken && i < f->n_quartets; i++) {
         quartet_t *q = &f->quartets[i];
         if (!q->dirty) continue;
-        PyObject *buckets = PyList_New(q->n_bounds + 1);
-        if (!buckets) break;
-        for (int k = 0; k <= q->n_bounds; k++) {
-            PyList_SET_ITEM(buckets, k, PyLong_FromUnsignedLongLong(q->buckets[k]));
-            q->buckets[k] = 0;
-        }
-        PyObject *item = Py_BuildValue("(nNdK)", (Py_ssize_t)i, buckets, q->sum, q->errors);
+        counts_t *t = &taken[k];
+        t->buckets = malloc((size_t)(q->n_bounds + 1) * sizeof *t->buckets);
+        if (!t->buckets) continue; /* kept for the next call */
+        memcpy(t->buckets, q->buckets, (size_t)(q->n_bounds + 1) * sizeof *t->buckets);
+        memset(q->buckets, 0, (size_t)(q->n_bounds + 1) * sizeof *q->buckets);
+        t->id = i;
+        t->n = q->n_bounds + 1;
+        t->sum = q->sum;
+        t->errors = q->errors;
         q->sum = 0;
         q->errors = 0;
         q->dirty = 0;
-        if (item) PyList_Append(out, item);
-        Py_XDECREF(item);
+        k++;
     }
     pthread_mutex_unlock(&f->lock);
+    PyObject *out = PyList_New(0);
+    for (size_t j = 0; j < k; j++) {
+        counts_t *t = &taken[j];
+        PyObject *buckets = out ? PyList_New(t->n) : NULL;
+        for (int b = 0; buckets && b < t->n; b++)
+            PyList_SET_ITEM(buckets, b, PyLong_FromUnsignedLongLong(t->buckets[b]));
+        PyObject *item = buckets ? Py_BuildValue("(nNdK)", (Py_ssize_t)t->id, buckets, t->sum,
+                                                 t->errors)
+                                 : NULL;
+        if (!item || PyList_Append(out, item) < 0) Py_CLEAR(out);
+        Py_XDECREF(item);
+        free(t->buckets);
+    }
+    free(taken);
     return out;
 }
 
@@ -2945,8 +3016,8 @@ static void Front_dealloc(Front *f) {
     if (f->epfd > 0) close(f->epfd);
     if (f->wake_fd > 0) close(f->wake_fd);
     if (f->notify_fd > 0) close(f->notify_fd);
-    table_release(f->pending_table, 1);
-    table_release(f->table, 1);
+    table_release(f, f->pending_table, 1);
+    table_release(f, f->table, 1);
     for (handoff_t *h = f->handoffs; h;) {
         handoff_t *next = h->next;
         close(h->fd);
@@ -2955,6 +3026,8 @@ static void Front_dealloc(Front *f) {
         h = next;
     }
     free(f->obs);
+    for (size_t i = 0; i < f->n_garbage; i++) Py_DECREF(f->garbage[i]);
+    free(f->garbage);
     for (size_t i = 0; i < f->n_quartets; i++) {
         free(f->quartets[i].bounds);
         free(f->quartets[i].buckets);

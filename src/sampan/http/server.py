@@ -285,9 +285,9 @@ class _Connection(asyncio.Protocol):
         self._peer_id: str | None = None
         self.ip = ""
         self.admitted = False
-        # handed over by the compiled front: its per-client count, the bytes it had read,
-        # and whether it is over the per-client limit (refused)
-        self.adopted: tuple[bytes, bool] | None = None
+        # handed over by the compiled front: the bytes it had read, whether it is over the
+        # per-client limit (refused), and the address the front counted it under
+        self.adopted: tuple[bytes, bool, str] | None = None
         self._mode = _HTTP
         self._phase = _IDLE
         self._deadline: float | None = None
@@ -1243,6 +1243,13 @@ class HttpServer:
         self._port = int(sock.getsockname()[1])
         return sock
 
+    def close_listener(self) -> None:
+        """Close the socket :meth:`listen` made (the front holds its own copy until it
+        stops accepting; once both are closed new clients are refused at once)."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
     def adopt(
         self, fd: int, ip: str, data: bytes, *, refused: bool, release: Callable[[str], None]
     ) -> None:
@@ -1253,7 +1260,7 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         sock = socket.socket(fileno=fd)
         conn = _Connection(self, loop)
-        conn.adopted = (data, refused)
+        conn.adopted = (data, refused, ip)
         task = loop.create_task(self._adopt(loop, sock, conn, ip))
         self._adopting.add(task)
         task.add_done_callback(self._adopting.discard)
@@ -1324,7 +1331,7 @@ class HttpServer:
         if conn.adopted is not None:
             if conn.admitted and self._release is not None:
                 conn.admitted = False
-                self._release(conn.ip)
+                self._release(conn.adopted[2])  # not the peername: it may be gone by now
         elif conn.admitted:
             conn.admitted = False
             count = self._per_ip.get(conn.ip, 0) - 1
@@ -1339,6 +1346,8 @@ class HttpServer:
         """Stop accepting, close idle connections, let in-flight requests finish (their
         connections close after the response), force-close whatever is left at ``timeout``."""
         self._draining = True
+        if self._adopting:  # connections the front handed over just before: serve and drain
+            await asyncio.wait(list(self._adopting), timeout=min(timeout, 1.0))
         server = self._server
         if server is not None:
             server.close()
@@ -1366,6 +1375,4 @@ class HttpServer:
                     await server.wait_closed()
             except TimeoutError:
                 pass
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        self.close_listener()
