@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import json
 import socket
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -1129,3 +1130,307 @@ async def test_a_whole_answer_followed_by_the_upstreams_close_is_relayed(
         if proc.returncode is None:
             proc.kill()
         await asyncio.wait_for(proc.wait(), WAIT)
+
+
+# -- 10. regressions from a review of the front --------------------------------------------------
+
+
+async def _send_and_reset(port: int, data: bytes, when: str) -> None:
+    """Connect, send ``data`` and reset the connection (SO_LINGER 0): ``now``, ``soon``
+    (10 ms later: about when the front hands it over) or ``answered`` (once the answer's
+    first bytes arrived: Python adopted it)."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, (HOST, port)), WAIT)
+        await asyncio.wait_for(loop.sock_sendall(sock, data), WAIT)
+        if when == "soon":
+            await asyncio.sleep(0.01)
+        elif when == "answered":
+            assert await asyncio.wait_for(loop.sock_recv(sock, 65536), WAIT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        sock.close()
+
+
+async def _answered_404(port: int) -> Client:
+    """A connection whose unrouted request Python answers 404 (not the per-client 503): a
+    503 is retried for a while, as the slots of closed connections come back a little
+    later. The connection is returned open, holding its slot."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + WAIT
+    while True:
+        client = await Client.open(port)
+        resp = await client.request(get("/not-routed"))
+        if resp.status == 404:
+            resp.problem()
+            return client
+        await client.close()
+        assert resp.status == 503, resp
+        assert loop.time() < end, "the per-client slots never came back"
+        await asyncio.sleep(0.05)
+
+
+async def test_connections_reset_around_their_hand_over_give_their_slots_back() -> None:
+    """A connection the front hands to Python (an unrouted path) and the client resets, just
+    before or after Python adopts it, frees its per-client slot (the front's count was once
+    released under the peer's address, gone after a reset: the slot leaked, and after a few
+    resets the client got 503 for good)."""
+    limits = {"max_connections_per_client": 2}
+    async with (
+        upstream(says(b"ok")) as up,
+        gateway(make_config([route("api", "/api", up.url)], limits=limits)) as svc,
+    ):
+        for _ in range(4):
+            for when in ("now", "soon", "answered"):
+                await _send_and_reset(svc.port, get("/not-routed"), when)
+        assert stats(svc)["handed_off"] >= 4
+        held = [await _answered_404(svc.port), await _answered_404(svc.port)]  # both slots
+        await _refused_503(svc.port)  # and the limit still holds
+        for client in held:
+            await client.close()
+
+
+async def test_a_resend_on_another_pooled_connection_sends_the_whole_request() -> None:
+    """Two pooled upstream connections; the upstream closes the one that gets the next GET
+    without answering it: the front resends the GET on the other pooled connection, from
+    its first byte (it once resent from where the first attempt had stopped, i.e. nothing,
+    and the client got a 504 after read_timeout)."""
+    dropped: list[int] = []
+
+    async def answer(
+        seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        if seen.nth == 1:
+            await asyncio.sleep(0.2)  # both first requests in flight: two connections
+        elif not dropped:
+            dropped.append(seen.nth)  # closed as the request arrives: not answered
+            return False
+        writer.write(response(b"ok " + seen.target))
+        await writer.drain()
+        return True
+
+    async with upstream(answer) as up:
+        routes = [route("api", "/api", up.url, read_timeout=1.5)]
+        async with gateway(make_config(routes)) as svc:
+            first = await asyncio.gather(one_get(svc.port, "/api/1"), one_get(svc.port, "/api/1b"))
+            assert [resp.status for resp in first] == [200, 200]
+            assert up.accepted == 2
+            await asyncio.sleep(0.1)  # both back in the pool
+            started = time.monotonic()
+            resp = await one_get(svc.port, "/api/2")
+            elapsed = time.monotonic() - started
+            assert (resp.status, resp.body) == (200, b"ok /api/2"), resp
+            assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
+            assert up.accepted == 2  # the resend went to the other pooled connection
+            tries = [s for s in up.seen if s.target == b"/api/2"]
+            assert len(tries) == 2 and tries[0].head == tries[1].head
+            assert [s.nth for s in tries] == [2, 2]
+            assert stats(svc)["upstream_resent"] == 1
+            assert stats(svc)["handed_off"] == 0
+
+
+PIECE: Final = 32 * 1024
+
+
+def _answers(data: bytes) -> list[tuple[int, bytes]]:
+    """The complete Content-Length framed answers at the start of ``data`` (status, body)."""
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    for _ in range(1_000_000):  # bounded by the data
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0:
+            break
+        status, headers = _parse_head(data[pos : end + 4])
+        length = int(headers["content-length"])
+        if len(data) < end + 4 + length:
+            break
+        out.append((status, data[end + 4 : end + 4 + length]))
+        pos = end + 4 + length
+    return out
+
+
+async def test_a_client_that_pipelines_and_does_not_read_is_not_served_without_bound() -> None:
+    """2,000 pipelined GETs for 32 KiB answers from a client that does not read: the front
+    stops reading the client (and asking the upstream) while answers wait for it, instead
+    of buffering 64 MiB; once the client reads, every answer comes, whole and in order."""
+
+    async def numbered(
+        seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(response(seen.target.ljust(PIECE, b".")))
+        await writer.drain()
+        return True
+
+    n = 2000
+    requests = b"".join(get(f"/api/{i}") for i in range(n))
+    async with (
+        upstream(numbered) as up,
+        gateway(make_config([route("api", "/api", up.url)])) as svc,
+    ):
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, (HOST, svc.port)), WAIT)
+            sent = 0
+            end = loop.time() + 1.0
+            while sent < len(requests) and loop.time() < end:  # write what goes in 1 s
+                try:
+                    sent += sock.send(requests[sent : sent + 65536])
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            whole = requests[:sent].count(b"\r\n\r\n")
+            await asyncio.sleep(1.0)  # not reading
+            asked = len(up.seen)
+            print(f"{whole} requests written, {asked} reached the upstream while unread")
+            assert asked < 400
+            data = bytearray()
+            end = loop.time() + WAIT
+            while loop.time() < end:  # until idle for 0.5 s or closed
+                try:
+                    chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 0.5)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            print(f"{len(data)} bytes read")
+        finally:
+            sock.close()
+        answers = _answers(bytes(data))
+        assert len(answers) == len(up.seen) == whole
+        for i, (status, body) in enumerate(answers):
+            assert (status, body) == (200, f"/api/{i}".encode().ljust(PIECE, b".")), i
+        assert stats(svc)["handed_off"] == 0
+
+
+def _field_names(head: bytes) -> list[bytes]:
+    return sorted(line.partition(b":")[0].strip().lower() for line in head.split(b"\r\n")[1:-2])
+
+
+async def _long_connection_header(fast_path: bool) -> tuple[int, str | None, bool, list[bytes]]:
+    """A Connection header whose ``x-secret`` and ``close`` come after 650 bytes of other
+    tokens: (status, the answer's connection header, did the gateway then close, the field
+    names the upstream saw)."""
+    filler = ", ".join(f"t{i:03d}" for i in range(110))
+    headers = [("x-secret", "1"), ("connection", f"{filler}, x-secret, close")]
+    async with upstream(says(b"ok")) as up:
+        config = make_config([route("api", "/api", up.url)], fast_path=fast_path)
+        async with gateway(config) as svc:
+            client = await Client.open(svc.port)
+            try:
+                resp = await client.request(get("/api/x", headers))
+                closed = await client.ended()
+            finally:
+                await client.close()
+            if fast_path:  # the front served it (a hand-over would prove nothing)
+                assert stats(svc)["served"] == 1 and stats(svc)["handed_off"] == 0
+            assert len(up.seen) == 1
+            return (
+                resp.status,
+                resp.headers.get("connection"),
+                closed,
+                _field_names(up.seen[0].head),
+            )
+
+
+async def test_connection_tokens_after_512_bytes_are_honoured_as_in_python() -> None:
+    """``close`` and a field named in Connection count wherever they are in the header (the
+    front once looked at its first 512 bytes only: the field reached the upstream and the
+    connection stayed open)."""
+    python = await _long_connection_header(fast_path=False)
+    fast = await _long_connection_header(fast_path=True)
+    status, connection, closed, names = fast
+    assert (status, connection, closed) == (200, "close", True)
+    assert b"x-secret" not in names and b"connection" not in names
+    assert fast == python
+
+
+async def _refused_during_drain(fast_path: bool) -> None:
+    """stop() with a slow request in flight: the listening socket closes as the drain
+    begins, so a new client is refused at once (it can go elsewhere) instead of waiting in
+    the backlog until the drain ends; the request in flight is still answered."""
+
+    async def slow(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.8)
+        writer.write(response(b"late"))
+        await writer.drain()
+        return True
+
+    async with upstream(slow) as up:
+        config = make_config([route("api", "/api", up.url)], fast_path=fast_path, drain_timeout=3)
+        svc = GatewayService(config, Metrics(), bus=None)
+        await svc.start(port=0)
+        stop: asyncio.Task[None] | None = None
+        try:
+            if fast_path:
+                front(svc)
+            client = await Client.open(svc.port)
+            client.writer.write(get("/api/slow"))
+            assert await until(lambda: len(up.seen) == 1)
+            stop = asyncio.create_task(svc.stop())
+            await asyncio.sleep(0.2)
+            assert not stop.done()  # still draining
+            started = time.monotonic()
+            with pytest.raises(ConnectionRefusedError):
+                late = await asyncio.wait_for(asyncio.open_connection(HOST, svc.port), 0.5)
+                late[1].close()
+            assert time.monotonic() - started < 0.5
+            resp = await client.response()
+            assert (resp.status, resp.body) == (200, b"late")
+            assert resp.headers.get("connection") == "close"
+            await client.close()
+            await asyncio.wait_for(stop, WAIT)
+        finally:
+            if stop is None:
+                stop = asyncio.create_task(svc.stop())
+            await asyncio.wait_for(stop, WAIT)
+
+
+@pytest.mark.parametrize("fast_path", [False, True], ids=["python", "fast"])
+async def test_a_new_client_is_refused_at_once_during_the_drain(fast_path: bool) -> None:
+    """As Python's server does, the front closes its listening socket when stop() begins (it
+    once kept it open until the end: new clients waited in the backlog, then were cut)."""
+    await _refused_during_drain(fast_path)
+
+
+async def test_many_pipelined_requests_to_a_refused_upstream_are_answered_in_order() -> None:
+    """2,000 pipelined requests, queued behind a slow one, to a route whose upstream refuses
+    connections: each is a 502 of its own, in order (the request id the front echoes tells
+    which), and the front goes on serving (it once ran pipelined requests by recursion, one
+    stack frame deeper for each)."""
+
+    async def slow(seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.3)
+        writer.write(response(b"slow"))
+        await writer.drain()
+        return True
+
+    n = 2000
+    async with upstream(slow) as up:
+        dead = await Upstream(says(b"")).start()
+        dead_url = dead.url
+        await dead.close()  # nobody listens there any more: connections are refused
+        refused = route("refused", "/refused", dead_url)
+        refused["plugins"] = [{"name": "request-id"}]
+        async with gateway(make_config([route("slow", "/slow", up.url), refused])) as svc:
+            client = await Client.open(svc.port)
+            client.writer.write(get("/slow/x"))
+            assert await until(lambda: len(up.seen) == 1)  # the front is busy with it
+            pipelined = [get(f"/refused/{i}", [("x-request-id", f"r-{i}")]) for i in range(n)]
+            client.writer.write(b"".join(pipelined))
+            resp = await client.response()
+            assert (resp.status, resp.body) == (200, b"slow")
+            for i in range(n):
+                resp = await client.response()
+                assert resp.status == 502, (i, resp)
+                assert resp.headers.get("x-request-id") == f"r-{i}"
+            await client.close()
+            assert stats(svc)["running"]
+            client = await Client.open(svc.port)
+            assert (await client.request(get("/slow/y"))).status == 200
+            await client.close()
+            assert stats(svc)["served"] == n + 2 and stats(svc)["handed_off"] == 0
