@@ -1434,3 +1434,42 @@ async def test_many_pipelined_requests_to_a_refused_upstream_are_answered_in_ord
             assert (await client.request(get("/slow/y"))).status == 200
             await client.close()
             assert stats(svc)["served"] == n + 2 and stats(svc)["handed_off"] == 0
+
+
+async def test_a_request_split_across_writes_stays_with_the_front() -> None:
+    """A head in two pieces 50 ms apart (or a pipelined stream cut by a read) is waited for,
+    not handed to Python: the front serves it."""
+    async with (
+        upstream(says(b"ok")) as up,
+        gateway(make_config([route("api", "/api", up.url)])) as svc,
+    ):
+        client = await Client.open(svc.port)
+        data = get("/api/split", [("x-a", "1")])
+        client.writer.write(data[:20])
+        await client.writer.drain()
+        await asyncio.sleep(0.05)
+        resp = await client.request(data[20:])
+        assert resp.status == 200
+        assert stats(svc)["served"] == 1
+        assert stats(svc)["handed_off"] == 0
+        await client.close()
+
+
+async def test_a_client_that_trickles_its_head_gets_python_408() -> None:
+    """Half a head and then nothing: after a short grace the front hands the connection to
+    Python, whose header timeout answers 408."""
+    async with (
+        upstream(says(b"ok")) as up,
+        gateway(make_config([route("api", "/api", up.url)], limits={"header_timeout": 0.6})) as svc,
+    ):
+        client = await Client.open(svc.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        client.writer.write(b"GET /api/slow HTTP/1.1\r\nhost: gw\r\n")
+        await client.writer.drain()
+        resp = await client.response()
+        waited = loop.time() - started
+        assert resp.status == 408
+        assert 0.5 <= waited < 3.0
+        assert stats(svc)["handed_off"] == 1
+        assert not up.seen

@@ -44,6 +44,7 @@
 #define IDLE_PER_ENDPOINT 64
 #define CACHE_SIZE 4096           /* routing decisions kept (power of two) */
 #define TICK_MS 20
+#define PARTIAL_GRACE 0.5         /* seconds the rest of a split request may take */
 
 enum { K_LISTEN = 1, K_CLIENT, K_UPSTREAM, K_WAKE };
 
@@ -454,6 +455,7 @@ typedef struct client {
     int busy;            /* a request is in flight */
     int eof;             /* the client shut its side: answer what it sent, then close */
     int queued;          /* on the ready list: buffered input to look at this loop turn */
+    double partial_since; /* when the front began waiting for the rest of a request */
     struct client *ready_next;
     int rdhup;           /* the peer half-closed (seen while busy; read the rest later) */
     int close_after;     /* close once out is flushed */
@@ -2193,9 +2195,22 @@ static void client_process(Front *f, client_t *c) {
         if (!d || d->route < 0) r = P_PYTHON;
         else if (rq->length > t->routes[d->route].body_limit) r = P_PYTHON;
     }
+    if (r == P_MORE && !c->eof) {
+        /* the rest is on its way (a pipelined stream split by a read, a head in two
+         * segments): wait for it a little; a client that trickles goes to Python, whose
+         * header and body timers then run (see sweep) */
+        free(rq);
+        if (!c->partial_since) {
+            c->partial_since = now_s();
+            double grace = f->header_timeout < PARTIAL_GRACE ? f->header_timeout : PARTIAL_GRACE;
+            c->deadline = c->partial_since + grace;
+        }
+        client_update_events(f, c);
+        return;
+    }
     if (r != P_OK) {
-        /* an incomplete request or one for Python: Python takes the connection from here,
-         * once what we owe the client is written */
+        /* a request for Python (or the client ended mid-request): Python takes the
+         * connection from here, once what we owe the client is written */
         free(rq);
         if (buf_pending(&c->out)) {
             c->handoff_after = 1;
@@ -2216,6 +2231,7 @@ static void client_process(Front *f, client_t *c) {
         return;
     }
     c->busy = 1;
+    c->partial_since = 0;
     c->started = now_s();
     c->table = t;
     t->refs++;
