@@ -828,6 +828,79 @@ static int is_named(const request_t *r, const char *name, size_t n) {
     return r->has_connection && connection_lists(r->fields, r->n_fields, name, n);
 }
 
+/* The tokens of every Connection field, hashed once, so that checking each field against
+ * them costs fields + tokens, not fields x tokens (a head full of tokens must not stall the
+ * front). */
+typedef struct {
+    const char *p;
+    size_t n;
+    uint64_t h;
+} token_t;
+
+typedef struct {
+    token_t *slots; /* NULL: no Connection field */
+    size_t mask;
+} token_set_t;
+
+static uint64_t lower_hash(const char *p, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c >= 'A' && c <= 'Z') c = (unsigned char)(c + 32);
+        h = (h ^ c) * 1099511628211ull;
+    }
+    return h;
+}
+
+/* 0, or -1 when out of memory. */
+static int token_set_build(token_set_t *ts, const field_t *fields, int nf) {
+    ts->slots = NULL;
+    size_t count = 0;
+    for (int i = 0; i < nf; i++)
+        if (fields[i].name_len == 10 && strncasecmp(fields[i].name, "connection", 10) == 0)
+            for (size_t k = 0; k < fields[i].value_len; k++) count += fields[i].value[k] == ',';
+    for (int i = 0; i < nf; i++)
+        if (fields[i].name_len == 10 && strncasecmp(fields[i].name, "connection", 10) == 0) count++;
+    if (!count) return 0;
+    size_t size = 16;
+    while (size < 2 * count) size *= 2;
+    ts->slots = calloc(size, sizeof *ts->slots);
+    if (!ts->slots) return -1;
+    ts->mask = size - 1;
+    for (int i = 0; i < nf; i++) {
+        const field_t *fl = &fields[i];
+        if (fl->name_len != 10 || strncasecmp(fl->name, "connection", 10) != 0) continue;
+        const char *t = fl->value, *end = fl->value + fl->value_len;
+        while (t < end) {
+            const char *comma = memchr(t, ',', (size_t)(end - t));
+            const char *a = t, *b = comma ? comma : end;
+            while (a < b && (*a == ' ' || *a == '\t')) a++;
+            while (b > a && (b[-1] == ' ' || b[-1] == '\t')) b--;
+            size_t n = (size_t)(b - a);
+            if (n) {
+                uint64_t h = lower_hash(a, n);
+                size_t at = h & ts->mask;
+                while (ts->slots[at].p &&
+                       !(ts->slots[at].h == h && ts->slots[at].n == n &&
+                         strncasecmp(ts->slots[at].p, a, n) == 0))
+                    at = (at + 1) & ts->mask;
+                ts->slots[at] = (token_t){a, n, h};
+            }
+            t = comma ? comma + 1 : end;
+        }
+    }
+    return 0;
+}
+
+static int token_set_has(const token_set_t *ts, const char *name, size_t n) {
+    if (!ts->slots || !n) return 0;
+    uint64_t h = lower_hash(name, n);
+    for (size_t at = h & ts->mask; ts->slots[at].p; at = (at + 1) & ts->mask)
+        if (ts->slots[at].h == h && ts->slots[at].n == n && strncasecmp(ts->slots[at].p, name, n) == 0)
+            return 1;
+    return 0;
+}
+
 /* Parse one request at the start of p[0..n). P_PYTHON: outside the subset this front
  * serves, or something Python answers with an error; P_MORE: incomplete. */
 static int parse_request(Front *f, const char *p, size_t n, request_t *r) {
@@ -1444,9 +1517,12 @@ static int upstream_head(Front *f, upstream_t *u) {
                 if (!fields[i].drop && field_named(&fields[i], pl->reqid_header, pl->reqid_header_len))
                     fields[i].drop = 1;
         /* fields named in Connection are dropped too */
+        token_set_t named;
+        if (token_set_build(&named, fields, nf) < 0) return -1;
         for (int i = 0; i < nf; i++)
-            if (!fields[i].drop && connection_lists(fields, nf, fields[i].name, fields[i].name_len))
+            if (!fields[i].drop && token_set_has(&named, fields[i].name, fields[i].name_len))
                 fields[i].drop = 1;
+        free(named.slots);
         /* compose the client's head */
         int keep = client_keep(f, c);
         buf_t *b = &c->out;
@@ -1855,6 +1931,8 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
     endpoint_t *ep = c->ep;
     buf_t *b = &c->request;
     buf_clear(b);
+    token_set_t named = {0};
+    int have_set = !rq->has_connection || token_set_build(&named, rq->fields, rq->n_fields) == 0;
     buf_add(b, rq->method, rq->method_len);
     buf_add(b, " ", 1);
     if (ep->base_len) {
@@ -1869,7 +1947,10 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
     buf_str(b, " HTTP/1.1\r\n");
     for (int i = 0; i < rq->n_fields; i++) {
         const field_t *fl = &rq->fields[i];
-        if (fl->drop || is_named(rq, fl->name, fl->name_len)) continue;
+        if (fl->drop) continue;
+        if (have_set ? token_set_has(&named, fl->name, fl->name_len)
+                     : is_named(rq, fl->name, fl->name_len))
+            continue;
         for (size_t k = 0; k < fl->name_len; k++) {
             char ch = fl->name[k];
             ch = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
@@ -1932,6 +2013,7 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
     }
     buf_str(b, "\r\n");
     if (rq->length) buf_add(b, rq->method + rq->head_len, (size_t)rq->length);
+    free(named.slots);
 }
 
 /* ---------------------------------------------------------------- routing */
@@ -2195,7 +2277,7 @@ static void client_process(Front *f, client_t *c) {
         if (!d || d->route < 0) r = P_PYTHON;
         else if (rq->length > t->routes[d->route].body_limit) r = P_PYTHON;
     }
-    if (r == P_MORE && !c->eof) {
+    if (r == P_MORE && !c->eof && n < CLIENT_MAX_INPUT) {
         /* the rest is on its way (a pipelined stream split by a read, a head in two
          * segments): wait for it a little; a client that trickles goes to Python, whose
          * header and body timers then run (see sweep) */
@@ -2325,7 +2407,7 @@ static void accept_all(Front *f) {
         int fd = accept4(f->listen_fd_own, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
                 /* out of descriptors or memory: stop watching the socket for a moment
                  * rather than spin on it */
                 epoll_ctl(f->epfd, EPOLL_CTL_DEL, f->listen_fd_own, NULL);
@@ -2443,7 +2525,7 @@ static void *front_main(void *arg) {
     struct epoll_event events[MAX_EVENTS];
     double last_sweep = now_s();
     while (!f->stopping) {
-        int n = epoll_wait(f->epfd, events, MAX_EVENTS, TICK_MS);
+        int n = epoll_wait(f->epfd, events, MAX_EVENTS, f->ready ? 0 : TICK_MS);
         for (int i = 0; i < n; i++) {
             int *kind = events[i].data.ptr;
             if (*kind == K_LISTEN) accept_all(f);
@@ -2475,6 +2557,7 @@ static void *front_main(void *arg) {
     }
     /* stop: close what is left */
     while (f->clients) client_close(f, f->clients);
+    f->ready = NULL; /* every client on it was just closed */
     bury(f);
     if (f->listen_fd_own >= 0) {
         close(f->listen_fd_own);
@@ -2844,11 +2927,19 @@ static PyObject *Front_start(Front *f, PyObject *unused) {
     f->listen_fd_own = fcntl(f->listen_fd, F_DUPFD_CLOEXEC, 0);
     if (f->listen_fd_own < 0) return PyErr_SetFromErrno(PyExc_OSError);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &f->listen_kind};
-    if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->listen_fd_own, &ev) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->listen_fd_own, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        close(f->listen_fd_own);
+        f->listen_fd_own = -1;
+        return NULL;
+    }
     f->running = 1;
     int rc = pthread_create(&f->thread, NULL, front_main, f);
     if (rc) {
         f->running = 0;
+        f->thread = 0;
+        close(f->listen_fd_own); /* else the socket would stay in LISTEN, unserved */
+        f->listen_fd_own = -1;
         errno = rc;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -3029,6 +3120,7 @@ static PyObject *Front_get_running(Front *f, void *closure) {
 
 static void Front_dealloc(Front *f) {
     front_join(f);
+    if (f->listen_fd_own > 0) close(f->listen_fd_own);
     if (f->epfd > 0) close(f->epfd);
     if (f->wake_fd > 0) close(f->wake_fd);
     if (f->notify_fd > 0) close(f->notify_fd);
