@@ -9,7 +9,6 @@ Python server. See docs/fast-path.md.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final
@@ -17,6 +16,7 @@ from typing import Any, Final
 from sampan.gateway.app import Gateway
 from sampan.gateway.config import GatewayConfig
 from sampan.gateway.normalize import BadPath, normalize_path
+from sampan.gateway.plugins._support import compiled_front
 from sampan.gateway.plugins.rate_limit import consumer_bucket
 from sampan.gateway.proxy import Proxy, upstream_target
 from sampan.gateway.route_table import CompiledRoute, ProxyTarget, RouteTable
@@ -35,11 +35,10 @@ METRICS_INTERVAL: Final = 0.25
 
 def load_front() -> Any | None:
     """The compiled module, or None when it was not built (a warning says so)."""
-    try:
-        return importlib.import_module("sampan.http._fastpath")
-    except ImportError as exc:  # pragma: no cover - the build always compiles it here
-        log.warning("gateway.fast_path: the compiled front is not available (%s)", exc)
-        return None
+    module = compiled_front()
+    if module is None:  # pragma: no cover - the build always compiles it here
+        log.warning("gateway.fast_path: the compiled front is not available; Python serves all")
+    return module
 
 
 _FAST_PLUGINS: Final = ("request-id", "key-auth", "rate-limit")

@@ -82,6 +82,17 @@ static int buf_add(buf_t *b, const void *p, size_t n) {
 
 static int buf_str(buf_t *b, const char *s) { return buf_add(b, s, strlen(s)); }
 
+/* A field name as the Python side writes it: lowercased (its parsers lowercase names). */
+static int buf_add_lower(buf_t *b, const char *p, size_t n) {
+    if (buf_reserve(b, n)) return -1;
+    for (size_t i = 0; i < n; i++) {
+        char ch = p[i];
+        b->data[b->len + i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    b->len += n;
+    return 0;
+}
+
 static int buf_fmt(buf_t *b, const char *fmt, long long v) {
     char tmp[64];
     int n = snprintf(tmp, sizeof tmp, fmt, v);
@@ -92,7 +103,7 @@ static size_t buf_pending(const buf_t *b) { return b->len - b->off; }
 static void buf_free(buf_t *b) { free(b->data); memset(b, 0, sizeof *b); }
 static void buf_clear(buf_t *b) { b->len = b->off = 0; }
 
-static uint64_t fnv64_early(const char *p, size_t n) {
+static uint64_t fnv64(const char *p, size_t n) {
     uint64_t h = 1469598103934665603ull;
     for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
     return h;
@@ -236,7 +247,7 @@ static int buckets_grow(Buckets *b) {
 /* The decision of RateLimitPlugin._local, on the same numbers. */
 static decision_t buckets_take(Buckets *b, const char *key, size_t len, double now) {
     decision_t d = {0};
-    uint64_t h = fnv64_early(key, len);
+    uint64_t h = fnv64(key, len);
     pthread_mutex_lock(&b->lock);
     bucket_t *e = b->slots[h & (b->n_slots - 1)];
     while (e && !(e->hash == h && e->len == len && memcmp(e->key, key, len) == 0)) e = e->next;
@@ -514,6 +525,40 @@ typedef struct upstream {
     int paused;       /* not read while the client catches up: no read timeout */
 } upstream_t;
 
+/* ---------------------------------------------------------------- requests */
+
+static const char *METHODS[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"};
+enum { M_GET, M_POST, M_PUT, M_DELETE, M_HEAD, M_OPTIONS, M_PATCH };
+
+typedef struct {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+    int drop; /* not copied upstream */
+} field_t;
+
+typedef struct {
+    const char *method;
+    size_t method_len;
+    const char *path;
+    size_t path_len;
+    const char *query; /* after '?', may be NULL */
+    size_t query_len;
+    size_t head_len;   /* through the blank line */
+    long long length;  /* content-length, 0 when absent */
+    int method_code;   /* index into METHODS (M_*) */
+    int n_fields;
+    const char *host;
+    size_t host_len;
+    const char *traceparent;
+    size_t traceparent_len;
+    int close;
+    int idempotency_key;
+    int has_connection; /* a Connection field is present (its tokens name fields to drop) */
+    field_t fields[MAX_HEADERS]; /* last: not cleared per request */
+} request_t;
+
 /* ---------------------------------------------------------------- the front object */
 
 typedef struct handoff {
@@ -585,6 +630,7 @@ typedef struct {
     random_pool_t random;
     int listen_kind, wake_kind;
     client_t *ready;           /* clients with buffered requests to look at (no recursion) */
+    request_t request;         /* the request being parsed (one at a time) */
     double accept_paused_until; /* out of descriptors: accepting resumes then */
     int listen_fd_own;         /* the front's dup of the listening socket, closed at drain */
     client_t *dead_clients;
@@ -723,43 +769,7 @@ static void table_release(Front *f, table_t *t, int have_gil) {
     free(t);
 }
 
-static uint64_t fnv64(const char *p, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-    return h;
-}
-
 /* ---------------------------------------------------------------- request parsing */
-
-static const char *METHODS[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"};
-
-typedef struct {
-    const char *name;
-    size_t name_len;
-    const char *value;
-    size_t value_len;
-    int drop; /* not copied upstream */
-} field_t;
-
-typedef struct {
-    const char *method;
-    size_t method_len;
-    const char *path;
-    size_t path_len;
-    const char *query; /* after '?', may be NULL */
-    size_t query_len;
-    size_t head_len;   /* through the blank line */
-    long long length;  /* content-length, 0 when absent */
-    int n_fields;
-    const char *host;
-    size_t host_len;
-    const char *traceparent;
-    size_t traceparent_len;
-    int close;
-    int idempotency_key;
-    int has_connection; /* a Connection field is present (its tokens name fields to drop) */
-    field_t fields[MAX_HEADERS]; /* last: not cleared per request */
-} request_t;
 
 static int is_tchar(unsigned char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -780,9 +790,37 @@ static int is_hex(unsigned char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
+/* A Content-Length value: 1 to 18 digits, nothing else (as the Python server checks it).
+ * -1 when invalid. */
+static long long parse_length(const char *p, size_t n) {
+    if (n == 0 || n > 18) return -1;
+    long long v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+/* A chunk-size line p[0..e) (its CRLF at e): hex digits, optional whitespace and ignored
+ * extensions. -1 when invalid or absurdly large. */
+static long long parse_chunk_size(const char *p, const char *e) {
+    if (p == e || !is_hex((unsigned char)*p)) return -1;
+    long long size = 0;
+    for (; p < e && is_hex((unsigned char)*p); p++) {
+        if (size > (1LL << 40)) return -1;
+        size = size * 16 + (*p <= '9' ? *p - '0' : (*p | 32) - 'a' + 10);
+    }
+    while (p < e && (*p == ' ' || *p == '\t')) p++;
+    return p < e && *p != ';' ? -1 : size;
+}
+
+static int field_named(const field_t *fl, const char *name, size_t len) {
+    return fl->name_len == len && strncasecmp(fl->name, name, len) == 0;
+}
+
 static int name_is(const field_t *f, const char *lower) {
-    size_t n = strlen(lower);
-    return f->name_len == n && strncasecmp(f->name, lower, n) == 0;
+    return field_named(f, lower, strlen(lower));
 }
 
 enum { P_MORE = 0, P_OK = 1, P_PYTHON = 2 };
@@ -915,11 +953,11 @@ static int parse_request(Front *f, const char *p, size_t n, request_t *r) {
     if (!sp) return P_PYTHON;
     r->method = p;
     r->method_len = (size_t)(sp - p);
-    int known = 0;
-    for (size_t i = 0; i < sizeof METHODS / sizeof *METHODS; i++)
+    r->method_code = -1;
+    for (int i = 0; i < (int)(sizeof METHODS / sizeof *METHODS); i++)
         if (strlen(METHODS[i]) == r->method_len && memcmp(METHODS[i], p, r->method_len) == 0)
-            known = 1;
-    if (!known) return P_PYTHON;
+            r->method_code = i;
+    if (r->method_code < 0) return P_PYTHON;
     const char *target = sp + 1;
     const char *sp2 = memchr(target, ' ', (size_t)(line_end - target));
     if (!sp2) return P_PYTHON;
@@ -1012,13 +1050,8 @@ static int parse_request(Front *f, const char *p, size_t n, request_t *r) {
         case 14:
             if (name_is(fl, "content-length")) {
                 lengths++;
-                if (fl->value_len == 0 || fl->value_len > 18) return P_PYTHON;
-                long long v2 = 0;
-                for (size_t i = 0; i < fl->value_len; i++) {
-                    if (fl->value[i] < '0' || fl->value[i] > '9') return P_PYTHON;
-                    v2 = v2 * 10 + (fl->value[i] - '0');
-                }
-                r->length = v2;
+                r->length = parse_length(fl->value, fl->value_len);
+                if (r->length < 0) return P_PYTHON;
                 fl->drop = 1;
             }
             break;
@@ -1241,8 +1274,14 @@ static void add_latency(Front *f, client_t *c, buf_t *b) {
 
 /* Keep the connection after this answer? As Python's server: not once the client has shut
  * its side, unless requests it sent before are still waiting. */
-static int field_named(const field_t *fl, const char *name, size_t len);
 static void add_plugin_headers(client_t *c, buf_t *b);
+
+/* The client's address as gateway/forwarded.py's client_ip() writes it (an IPv4-mapped
+ * IPv6 peer as plain IPv4): X-Real-IP and the rate-limit key. */
+static const char *client_ip(const client_t *c) {
+    if (strncmp(c->ip, "::ffff:", 7) == 0 && strchr(c->ip + 7, '.')) return c->ip + 7;
+    return c->ip;
+}
 
 static int client_keep(Front *f, client_t *c) {
     return c->keep_alive && !f->draining && (!c->eof || buf_pending(&c->in));
@@ -1407,16 +1446,8 @@ static int dechunk_whole(const char *p, size_t n, buf_t *out, size_t *used) {
     for (;;) {
         const char *e = memmem(p + i, n - i, "\r\n", 2);
         if (!e) return 0;
-        const char *x = p + i;
-        if (x == e || !is_hex((unsigned char)*x)) return -1;
-        long long size = 0;
-        while (x < e && is_hex((unsigned char)*x)) {
-            if (size > (1LL << 40)) return -1;
-            size = size * 16 + (*x <= '9' ? *x - '0' : (*x | 32) - 'a' + 10);
-            x++;
-        }
-        while (x < e && (*x == ' ' || *x == '\t')) x++;
-        if (x < e && *x != ';') return -1;
+        long long size = parse_chunk_size(p + i, e);
+        if (size < 0) return -1;
         i = (size_t)(e - p) + 2;
         if (size == 0) break;
         if (n - i < (size_t)size + 2) return 0;
@@ -1491,13 +1522,8 @@ static int upstream_head(Front *f, upstream_t *u) {
             fl->value_len = (size_t)(ve - v);
             fl->drop = response_drop(fl->name, fl->name_len);
             if (name_is(fl, "content-length")) {
-                long long v2 = 0;
-                if (!fl->value_len || fl->value_len > 18) return -1;
-                for (size_t i = 0; i < fl->value_len; i++) {
-                    if (fl->value[i] < '0' || fl->value[i] > '9') return -1;
-                    v2 = v2 * 10 + (fl->value[i] - '0');
-                }
-                if (length >= 0 && length != v2) return -1;
+                long long v2 = parse_length(fl->value, fl->value_len);
+                if (v2 < 0 || (length >= 0 && length != v2)) return -1;
                 length = v2;
             } else if (name_is(fl, "transfer-encoding")) {
                 if (fl->value_len == 7 && strncasecmp(fl->value, "chunked", 7) == 0) chunked = 1;
@@ -1536,11 +1562,7 @@ static int upstream_head(Front *f, upstream_t *u) {
         else buf_fmt(b, "HTTP/1.1 %lld \r\n", status);
         for (int i = 0; i < nf; i++) {
             if (fields[i].drop) continue;
-            for (size_t k = 0; k < fields[i].name_len; k++) {
-                char ch = fields[i].name[k];
-                ch = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
-                buf_add(b, &ch, 1);
-            }
+            buf_add_lower(b, fields[i].name, fields[i].name_len);
             buf_add(b, ": ", 2);
             buf_add(b, fields[i].value, fields[i].value_len);
             buf_add(b, "\r\n", 2);
@@ -1641,17 +1663,8 @@ static int upstream_body(Front *f, upstream_t *u) {
         case U_BODY_CHUNK_SIZE: {
             const char *e = memmem(p, n, "\r\n", 2);
             if (!e) return n > 1024 ? -1 : 0;
-            long long size = 0;
-            const char *x = p;
-            if (x == e || !is_hex((unsigned char)*x)) return -1;
-            while (x < e && is_hex((unsigned char)*x)) {
-                if (size > (1LL << 40)) return -1;
-                int d = *x <= '9' ? *x - '0' : (*x | 32) - 'a' + 10;
-                size = size * 16 + d;
-                x++;
-            }
-            while (x < e && (*x == ' ' || *x == '\t')) x++;
-            if (x < e && *x != ';') return -1; /* extensions are dropped */
+            long long size = parse_chunk_size(p, e); /* extensions are dropped */
+            if (size < 0) return -1;
             u->in.off += (size_t)(e - p) + 2;
             if (size == 0) {
                 u->state = U_BODY_TRAILER;
@@ -1951,11 +1964,7 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
         if (have_set ? token_set_has(&named, fl->name, fl->name_len)
                      : is_named(rq, fl->name, fl->name_len))
             continue;
-        for (size_t k = 0; k < fl->name_len; k++) {
-            char ch = fl->name[k];
-            ch = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
-            buf_add(b, &ch, 1);
-        }
+        buf_add_lower(b, fl->name, fl->name_len);
         buf_add(b, ": ", 2);
         buf_add(b, fl->value, fl->value_len);
         buf_add(b, "\r\n", 2);
@@ -1988,9 +1997,7 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
     buf_str(b, ";host=");
     add_quoted(b, rq->host, rq->host_len);
     buf_str(b, "\r\nx-real-ip: ");
-    const char *real = peer;
-    if (strncmp(real, "::ffff:", 7) == 0 && strchr(real + 7, '.')) real += 7;
-    buf_str(b, real);
+    buf_str(b, client_ip(c));
     buf_str(b, "\r\nvia: ");
     for (int i = 0; i < rq->n_fields; i++) {
         const field_t *fl = &rq->fields[i];
@@ -2006,9 +2013,8 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
     add_traceparent(f, b, rq->traceparent, rq->traceparent_len);
     if (rq->length) {
         buf_fmt(b, "content-length: %lld\r\n", rq->length);
-    } else if ((rq->method_len == 4 && memcmp(rq->method, "POST", 4) == 0) ||
-               (rq->method_len == 3 && memcmp(rq->method, "PUT", 3) == 0) ||
-               (rq->method_len == 5 && memcmp(rq->method, "PATCH", 5) == 0)) {
+    } else if (rq->method_code == M_POST || rq->method_code == M_PUT ||
+               rq->method_code == M_PATCH) { /* as the Python client's _BODY_METHODS */
         buf_str(b, "content-length: 0\r\n");
     }
     buf_str(b, "\r\n");
@@ -2018,19 +2024,12 @@ static void build_request(Front *f, client_t *c, const request_t *rq, const cach
 
 /* ---------------------------------------------------------------- routing */
 
-static int method_code(const request_t *rq) {
-    for (int i = 0; i < 7; i++)
-        if (strlen(METHODS[i]) == rq->method_len && memcmp(METHODS[i], rq->method, rq->method_len) == 0)
-            return i;
-    return -1;
-}
-
 /* The routing decision for (method, host, path): from the cache, else from Python. */
 static cache_entry_t *decide(Front *f, table_t *t, const request_t *rq) {
     char key[8192 + 256];
     size_t kl = 0;
     if (rq->host_len + rq->path_len + 2 > sizeof key) return NULL;
-    key[kl++] = (char)('0' + method_code(rq));
+    key[kl++] = (char)('0' + rq->method_code);
     memcpy(key + kl, rq->host, rq->host_len);
     kl += rq->host_len;
     key[kl++] = ' ';
@@ -2083,10 +2082,6 @@ static cache_entry_t *decide(Front *f, table_t *t, const request_t *rq) {
     e->target = target;
     e->target_len = target_len;
     return e;
-}
-
-static int field_named(const field_t *fl, const char *name, size_t len) {
-    return fl->name_len == len && strncasecmp(fl->name, name, len) == 0;
 }
 
 static int request_id_char(unsigned char ch) {
@@ -2183,8 +2178,7 @@ static int apply_plugins(Front *f, client_t *c, route_t *rt, request_t *rq) {
     if (pl->ratelimit) {
         char key[MAX_KEY_BYTES + 512];
         size_t kl = 0;
-        const char *ip = c->ip;
-        if (strncmp(ip, "::ffff:", 7) == 0 && strchr(ip + 7, '.')) ip += 7;
+        const char *ip = client_ip(c);
         if (pl->rl_prefix_len + consumer_len + 64 > sizeof key) return -1;
         memcpy(key, pl->rl_prefix, pl->rl_prefix_len);
         kl = pl->rl_prefix_len;
@@ -2263,11 +2257,7 @@ static void client_process(Front *f, client_t *c) {
         client_update_events(f, c);
         return;
     }
-    request_t *rq = malloc(sizeof *rq);
-    if (!rq) {
-        client_close(f, c);
-        return;
-    }
+    request_t *rq = &f->request; /* one request is parsed at a time, on this thread */
     const char *p = c->in.data + c->in.off;
     int r = parse_request(f, p, n, rq);
     table_t *t = f->table;
@@ -2276,12 +2266,12 @@ static void client_process(Front *f, client_t *c) {
         d = t ? decide(f, t, rq) : NULL;
         if (!d || d->route < 0) r = P_PYTHON;
         else if (rq->length > t->routes[d->route].body_limit) r = P_PYTHON;
+        else if (apply_plugins(f, c, &t->routes[d->route], rq) < 0) r = P_PYTHON;
     }
     if (r == P_MORE && !c->eof && n < CLIENT_MAX_INPUT) {
         /* the rest is on its way (a pipelined stream split by a read, a head in two
          * segments): wait for it a little; a client that trickles goes to Python, whose
          * header and body timers then run (see sweep) */
-        free(rq);
         if (!c->partial_since) {
             c->partial_since = now_s();
             double grace = f->header_timeout < PARTIAL_GRACE ? f->header_timeout : PARTIAL_GRACE;
@@ -2291,19 +2281,9 @@ static void client_process(Front *f, client_t *c) {
         return;
     }
     if (r != P_OK) {
-        /* a request for Python (or the client ended mid-request): Python takes the
-         * connection from here, once what we owe the client is written */
-        free(rq);
-        if (buf_pending(&c->out)) {
-            c->handoff_after = 1;
-            client_update_events(f, c);
-        } else {
-            client_handoff(f, c, 0);
-        }
-        return;
-    }
-    if (apply_plugins(f, c, &t->routes[d->route], rq) < 0) {
-        free(rq);
+        /* a request for Python (a refusal of the plugins included, or the client ended
+         * mid-request): Python takes the connection from here, once what we owe the client
+         * is written */
         if (buf_pending(&c->out)) {
             c->handoff_after = 1;
             client_update_events(f, c);
@@ -2318,16 +2298,16 @@ static void client_process(Front *f, client_t *c) {
     c->table = t;
     t->refs++;
     c->route = &t->routes[d->route];
-    c->head_only = rq->method_len == 4 && memcmp(rq->method, "HEAD", 4) == 0;
+    c->head_only = rq->method_code == M_HEAD;
     c->keep_alive = !rq->close;
-    int code = method_code(rq);
-    c->may_resend = code == 0 || code == 2 || code == 3 || code == 4 || code == 5 || rq->idempotency_key;
+    int code = rq->method_code; /* the Python client's IDEMPOTENT_METHODS, or a key */
+    c->may_resend = code == M_GET || code == M_PUT || code == M_DELETE || code == M_HEAD ||
+                    code == M_OPTIONS || rq->idempotency_key;
     route_t *rt = c->route;
     c->ep = &rt->eps[rt->next++ % (unsigned)rt->n_eps];
     build_request(f, c, rq, d);
     c->in.off += rq->head_len + (size_t)rq->length;
     if (c->in.off == c->in.len) c->in.off = c->in.len = 0;
-    free(rq);
     c->deadline = 0;
     f->served++;
     client_update_events(f, c);
@@ -2443,11 +2423,7 @@ static void accept_all(Front *f) {
         pthread_mutex_unlock(&f->lock);
         if (!admitted || !f->table || !f->table->resolver) {
             /* over the per-client limit (Python answers 503), or nothing to serve here */
-            if (admitted) {
-                client_handoff(f, c, 0);
-            } else {
-                client_handoff(f, c, 1);
-            }
+            client_handoff(f, c, !admitted);
             continue;
         }
         double first = f->header_timeout < f->keepalive_timeout ? f->header_timeout : f->keepalive_timeout;
@@ -2469,13 +2445,11 @@ static void sweep(Front *f) {
         if (c->up && c->up->paused) c->up->deadline = t + c->route->read_timeout;
         if (c->up && c->up->deadline && t >= c->up->deadline) {
             upstream_t *u = c->up;
-            int connecting = u->state == U_CONNECTING;
             if (c->response_started) { /* a body that stalls: cut */
                 observe(f, c, 0, 2, "upstream body timed out");
                 client_close(f, c);
                 continue;
             }
-            (void)connecting;
             upstream_fail(f, u, 2, "timed out");
             continue;
         }
